@@ -90,6 +90,18 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--z-crit", type=_number, default=d.z_crit, help="|z| above it: disagrees")
     syn.add_argument("--out", type=Path, default=Path("results/synthetic"), help="result folder")
     syn.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    run = sub.add_parser(
+        "run",
+        help="the default main job (offline)",
+        description=(
+            "The default main job, offline: the synthetic checks with their default grid. "
+            "A stage whose result folder already holds the same configuration is reused."
+        ),
+    )
+    run.add_argument("--out", type=Path, default=Path("results"), help="parent result folder")
+    run.add_argument("--force", action="store_true", help="recompute stages that exist")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
 
@@ -99,6 +111,8 @@ def main(argv=None) -> int:
         args = build_parser().parse_args(argv)
         if args.command == "synthetic":
             return _synthetic(args, started)
+        if args.command == "run":
+            return _run(args, started)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -106,9 +120,15 @@ def main(argv=None) -> int:
 
 
 def _synthetic(args, started) -> int:
-    from validation.synthetic import SyntheticConfig, run_synthetic, write_synthetic
+    config = _synthetic_config(args)
+    _run_synthetic(config, args.out, quiet=args.quiet, started=started)
+    return 0
 
-    config = SyntheticConfig(
+
+def _synthetic_config(args):
+    from validation.synthetic import SyntheticConfig
+
+    return SyntheticConfig(
         P=tuple(args.P),
         t=tuple(args.t),
         spikes=tuple(args.spikes),
@@ -120,13 +140,31 @@ def _synthetic(args, started) -> int:
         n_extreme=args.n_extreme,
         z_crit=args.z_crit,
     )
+
+
+def _run_synthetic(config, out, *, quiet, started):
+    from validation.synthetic import run_synthetic, write_synthetic
+
     clock = time.perf_counter()
-    with Progress(enabled=not args.quiet) as progress:
+    with Progress(enabled=not quiet) as progress:
         result = run_synthetic(config, progress=progress)
-    write_synthetic(result, args.out, started=started, wall_seconds=time.perf_counter() - clock)
+    write_synthetic(result, out, started=started, wall_seconds=time.perf_counter() - clock)
     counts = result.extremes["verdict"].value_counts().to_dict()
     summary = ", ".join(f"{n} {verdict}" for verdict, n in sorted(counts.items()))
-    print(f"synthetic: {summary}; results in {args.out}")
+    print(f"synthetic: {summary}; results in {out}")
+
+
+def _run(args, started) -> int:
+    from validation.store import same_config
+    from validation.synthetic import SyntheticConfig
+
+    config = SyntheticConfig()
+    folder = args.out / "synthetic"
+    if not args.force and same_config(folder, config):
+        print(f"synthetic: reusing {folder} (same configuration; --force recomputes)")
+    else:
+        _run_synthetic(config, folder, quiet=args.quiet, started=started)
+    print(f"done: results in {args.out}")
     return 0
 
 

@@ -130,3 +130,14 @@ def read_results(folder: Path) -> dict:
     """Load ``results.json`` of a result folder."""
     with open(Path(folder) / "results.json") as fh:
         return json.load(fh)
+
+
+def same_config(folder: Path, config) -> bool:
+    """Whether ``folder`` holds a complete result of exactly this configuration."""
+    try:
+        stored = read_results(folder)
+    except (OSError, ValueError):
+        return False
+    recorded = stored.get("provenance", {}).get("config")
+    complete = all((Path(folder) / name).exists() for name in stored.get("files", []))
+    return complete and recorded == to_jsonable(config)

@@ -1,0 +1,112 @@
+"""End-to-end: ``python -m validation synthetic`` and ``run`` at toy size; bad input exits 2."""
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from validation.cli import main
+
+TOY = [
+    "synthetic",
+    "--P", "80", "200",
+    "--spikes", "3,0.4,-2", "none",
+    "--trials", "6",
+    "--sweep-points", "4",
+    "--histogram-P", "60",
+    "--quiet",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "synthetic"
+    assert main([*TOY, "--method", "dense", "--out", str(out)]) == 0
+    return out
+
+
+def test_synthetic_writes_tables_figures_and_provenance(toy_run):
+    files = {p.name for p in toy_run.iterdir()}
+    expected = {
+        "results.json", "extremes.csv", "weyl.csv", "bbp_sweep.csv", "free_convolution.csv",
+        "bbp_transition.png", "spectrum_histogram.png", "weyl_slack.png",
+    }  # fmt: skip
+    assert expected <= files
+    results = json.loads((toy_run / "results.json").read_text())
+    prov = results["provenance"]
+    for key in ("config", "versions", "git", "device", "started_utc", "wall_seconds"):
+        assert key in prov
+    assert prov["config"]["P"] == [80, 200]
+    assert prov["config"]["spikes"] == [[3.0, 0.4, -2.0], []]
+    assert set(results["files"]) == files
+    table = pd.read_csv(toy_run / "extremes.csv")
+    for column in (
+        "predicted", "regime", "measured_mean", "measured_se", "overlap_predicted",
+        "overlap_measured", "z_score", "verdict",
+    ):  # fmt: skip
+        assert column in table.columns
+    # 2 P x (4 rows for 3,0.4,-2 + 2 edge rows for no spike)
+    assert len(table) == 2 * (4 + 2)
+    assert set(table.verdict) <= {"agrees", "disagrees", "not applicable"}
+    weyl = pd.read_csv(toy_run / "weyl.csv")
+    assert len(weyl) == 2 * 2 * 6 and weyl.exact_holds.all()
+    assert len(pd.read_csv(toy_run / "bbp_sweep.csv")) == 4
+
+
+def test_band_method_runs_the_same_grid(tmp_path):
+    out = tmp_path / "band"
+    assert main([*TOY, "--method", "band", "--out", str(out)]) == 0
+    table = pd.read_csv(out / "extremes.csv")
+    assert (table.method == "band").all() and len(table) == 12
+
+
+def test_run_reuses_results_of_the_same_configuration(tmp_path, monkeypatch, capsys):
+    from validation import cli
+    from validation.synthetic import SyntheticConfig
+
+    toy = SyntheticConfig(P=(50,), trials=3, sweep_points=2, histogram_P=40)
+    monkeypatch.setattr("validation.synthetic.SyntheticConfig", lambda: toy)
+    assert cli.main(["run", "--out", str(tmp_path), "--quiet"]) == 0
+    first = (tmp_path / "synthetic" / "results.json").read_text()
+    assert cli.main(["run", "--out", str(tmp_path), "--quiet"]) == 0
+    assert "reusing" in capsys.readouterr().out
+    assert (tmp_path / "synthetic" / "results.json").read_text() == first
+    assert cli.main(["run", "--out", str(tmp_path), "--quiet", "--force"]) == 0
+    assert (tmp_path / "synthetic" / "results.json").read_text() != first
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--P", "0"], "P must be an integer >= 1"),
+        (["--P", "2.5"], "expected an integer"),
+        (["--t", "-1"], "t must be a finite number >= 0"),
+        (["--t", "nan"], "finite number"),
+        (["--spikes", "1,inf"], "comma-separated finite numbers"),
+        (["--P", "3", "--spikes", "1,2,3,4", "--histogram-P", "20"], "rank 4 exceeds"),
+        (["--method", "qr"], "unknown method 'qr'; accepted: dense, band"),
+        (["--method", "dense", "--P", "5000"], "--method dense supports P <= 4,000"),
+        (["--trials", "1"], "--trials must be >= 2"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, capsys, args, message):
+    out = tmp_path / "out"
+    assert main(["synthetic", *args, "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.count("\n") == 1
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_module_entry_point_reports_bad_input_without_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "validation", "synthetic", "--t", "-2", "--out", str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0
