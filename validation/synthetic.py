@@ -22,7 +22,6 @@ import pandas as pd
 
 from rmt import theory
 from rmt.experiments import extremes_table, spiked_extremes, weyl_table
-from rmt.freeconv import free_convolution_density, free_convolution_support
 from rmt.samplers import sample_goe, sample_spiked
 from validation.errors import UsageError
 
@@ -44,6 +43,16 @@ class SyntheticConfig:
     histogram_P: int = 1_000  # dimension of the dense draws behind the histograms
     n_extreme: int = 3  # eigenvalues kept at each end of the spectrum
     z_crit: float = 4.0  # |z| above this is "disagrees" (two-sided Gaussian tail 6e-5)
+    # The paper's parametrisation instead of t: (sigma^2, N, B, factor) gives t = P f(N, B) sigma^2
+    # for each P (``rmt.theory.noise_scale``); then ``t`` is ignored.
+    population: tuple[float, int, int, str] | None = None
+
+    def noise_scales(self, P: int) -> tuple[float, ...]:
+        """The noise scales t used at dimension P."""
+        if self.population is None:
+            return self.t
+        sigma2, N, B, factor = self.population
+        return (float(theory.noise_scale(sigma2, P, N, B, factor=factor)),)
 
     def __post_init__(self):
         validate(self)
@@ -59,6 +68,16 @@ def validate(config: SyntheticConfig) -> None:
     for t in config.t:
         if not np.isfinite(t) or t < 0:
             raise UsageError(f"t must be a finite number >= 0, got {t}")
+    if config.population is not None:
+        sigma2, N, B, factor = config.population
+        if not np.isfinite(sigma2) or sigma2 < 0:
+            raise UsageError(f"--sigma2 must be a finite number >= 0, got {sigma2}")
+        if N < 2:
+            raise UsageError(f"--N must be an integer >= 2, got {N}")
+        if B <= 0 or B > N:
+            raise UsageError(f"--B must be between 1 and N = {N} (without replacement), got {B}")
+        if factor not in theory.FACTORS:
+            raise UsageError(f"unknown factor {factor!r}; accepted: {', '.join(theory.FACTORS)}")
     if config.method not in ("dense", "band"):
         raise UsageError(f"unknown method {config.method!r}; accepted: dense, band")
     if config.method == "dense" and max(config.P) > DENSE_MAX_P:
@@ -111,7 +130,9 @@ def run_synthetic(config: SyntheticConfig, *, progress=None) -> SyntheticResult:
     import time
 
     progress = progress or (lambda *a: None)
-    grid = [(P, t, spikes) for P in config.P for t in config.t for spikes in config.spikes]
+    grid = [
+        (P, t, spikes) for P in config.P for t in config.noise_scales(P) for spikes in config.spikes
+    ]
     streams = np.random.SeedSequence(config.seed).spawn(len(grid) + 3)
     timings = {}
 
@@ -161,7 +182,8 @@ def bbp_sweep(config: SyntheticConfig, *, rng, progress) -> pd.DataFrame:
     """Top eigenvalue for one spike theta in [0, 3 sqrt(t)] at the largest P (Theorem 2 curve)."""
     if config.sweep_points == 0:
         return pd.DataFrame()
-    t, P = config.t[0], max(config.P)
+    P = max(config.P)
+    t = config.noise_scales(P)[0]
     thetas = np.linspace(0.0, 3.0, config.sweep_points) * np.sqrt(t)
     rows = []
     for i, theta in enumerate(thetas):
@@ -185,7 +207,8 @@ def bbp_sweep(config: SyntheticConfig, *, rng, progress) -> pd.DataFrame:
 
 def spiked_spectrum(config: SyntheticConfig, *, rng) -> SpectrumDraw:
     """One dense draw of the first spike set: all eigenvalues, semicircle, BBP outliers."""
-    t, P, spikes = config.t[0], config.histogram_P, np.asarray(config.spikes[0], dtype=float)
+    P, spikes = config.histogram_P, np.asarray(config.spikes[0], dtype=float)
+    t = config.noise_scales(P)[0]
     M, _, _ = sample_spiked(spikes, t, P, rng=rng)
     eigenvalues = np.linalg.eigvalsh(M)
     edge = float(theory.semicircle_edge(t))
@@ -204,7 +227,10 @@ def spiked_spectrum(config: SyntheticConfig, *, rng) -> SpectrumDraw:
 
 def bulk_spectrum(config: SyntheticConfig, *, rng) -> tuple[SpectrumDraw, pd.DataFrame]:
     """A + W with A's spectrum two equal atoms at +-1.5 sqrt(t): free convolution vs two draws."""
-    t, P = config.t[0], config.histogram_P
+    P = config.histogram_P
+    from rmt.freeconv import free_convolution_density, free_convolution_support
+
+    t = config.noise_scales(P)[0]
     if t == 0:
         return None, pd.DataFrame()
     atoms = np.asarray(BULK_ATOMS) * np.sqrt(t)
@@ -287,7 +313,8 @@ def write_synthetic(result: SyntheticResult, out, *, started, wall_seconds: floa
         if not result.sweep.empty:
             w.csv("bbp_sweep.csv", result.sweep)
             fig, (ax,) = figures.new_figure()
-            figures.bbp_transition(ax, result.sweep, t=config.t[0], P=max(config.P))
+            P = max(config.P)
+            figures.bbp_transition(ax, result.sweep, t=config.noise_scales(P)[0], P=P)
             w.figure("bbp_transition.png", fig)
         if not result.free_convolution.empty:
             w.csv("free_convolution.csv", result.free_convolution)
