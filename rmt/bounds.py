@@ -38,14 +38,19 @@ def low_rank_extremes(spikes, P, n):
     return values[::-1][:n], values[:n]
 
 
-def weyl_check(sample: ExtremeSample, *, rounding: float = 0.0) -> WeylCheck:
+def weyl_check(sample: ExtremeSample, *, rounding: float | None = None) -> WeylCheck:
     """Check both Weyl bounds on the extreme eigenvalues of ``sample``.
 
-    ``rounding`` is an absolute allowance for the eigensolver's error (backward-stable solvers:
-    a few P eps ||M||_2); the exact bound can only fail by more than that if the code is wrong.
+    ``rounding`` is an absolute allowance for the eigensolvers' error; by default
+    10 P eps (||M||_2 + ||W||_2), a generous multiple of a backward-stable solver's O(P eps ||M||)
+    error (eigenvalues of M and of W come from separate calls). The exact bound can only fail by
+    more than that if the code is wrong.
     """
     if not np.isfinite(sample.noise_norm):
         raise ValueError("this sample has no ||W||_2; draw it with noise_norm=True")
+    if rounding is None:
+        scale = max(abs(sample.top[0]), abs(sample.bottom[0])) + sample.noise_norm
+        rounding = 10.0 * sample.P * np.finfo(np.float64).eps * scale
     n = sample.top.size
     a_top, a_bottom = low_rank_extremes(sample.spikes, sample.P, n)
     shifts = np.abs(np.concatenate([sample.top - a_top, sample.bottom - a_bottom]))

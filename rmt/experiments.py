@@ -233,7 +233,7 @@ def extremes_table(result: SpikedExtremes, *, z_crit=Z_CRIT) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def weyl_table(result: SpikedExtremes, *, rounding=0.0) -> pd.DataFrame:
+def weyl_table(result: SpikedExtremes, *, rounding=None) -> pd.DataFrame:
     """One row per draw: both Weyl bounds on the extreme eigenvalue shifts (``rmt.bounds``)."""
     rows = []
     for i in range(result.trials):

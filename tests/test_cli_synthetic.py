@@ -110,3 +110,30 @@ def test_module_entry_point_reports_bad_input_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().count("\n") == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--sigma2", "1", "--N", "100", "--B", "200"], "--B must be between 1 and N = 100"),
+        (["--sigma2", "1", "--N", "100", "--B", "0"], "--B must be between 1 and N"),
+        (["--sigma2", "-1", "--N", "100", "--B", "10"], "--sigma2 must be a finite number >= 0"),
+        (["--sigma2", "1", "--N", "100"], "missing --B"),
+        (["--sigma2", "1", "--N", "100", "--B", "10", "--factor", "x"], "accepted: paper, exact"),
+    ],
+)
+def test_paper_parametrisation_bad_input(tmp_path, capsys, args, message):
+    out = tmp_path / "out"
+    assert main(["synthetic", *args, "--out", str(out), "--quiet"]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_paper_parametrisation_sets_t_per_dimension(tmp_path):
+    out = tmp_path / "paper"
+    # f = (100 - 10) / (10 * 100) = 0.09, sigma^2 = 1 / (0.09 * 100): t = P / 100
+    args = ["--P", "100", "200", "--sigma2", str(1 / 9), "--N", "100", "--B", "10"]
+    toy = ["--trials", "3", "--sweep-points", "0", "--histogram-P", "50", "--quiet"]
+    assert main(["synthetic", *args, *toy, "--method", "dense", "--out", str(out)]) == 0
+    table = pd.read_csv(out / "extremes.csv")
+    assert sorted(set(zip(table.P, table.t.round(12), strict=True))) == [(100, 1.0), (200, 2.0)]
