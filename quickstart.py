@@ -25,7 +25,7 @@ def ensure_environment() -> None:
     pyproject = ROOT / "pyproject.toml"
     if STAMP.exists() and STAMP.stat().st_mtime >= pyproject.stat().st_mtime:
         return
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 -- run by any python3, before the venv exists
         sys.exit(f"error: Python >= 3.11 is needed, this is {sys.version.split()[0]}")
     if not PYTHON.exists():
         print(f"quickstart: creating {VENV}", file=sys.stderr)

@@ -103,7 +103,16 @@ def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, capsys, args, me
 
 def test_module_entry_point_reports_bad_input_without_traceback(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "validation", "synthetic", "--t", "-2", "--out", str(tmp_path / "x")],
+        [
+            sys.executable,
+            "-m",
+            "validation",
+            "synthetic",
+            "--t",
+            "-2",
+            "--out",
+            str(tmp_path / "x"),
+        ],
         capture_output=True,
         text=True,
     )

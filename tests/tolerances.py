@@ -41,3 +41,111 @@ THEORY_RTOL = 8 * EPS64
 # ---- rmt.samplers / rmt.bounds / rmt.experiments ---------------------------------------------
 # Weyl and interlacing are exact inequalities; the computed eigenvalues carry the solver's error
 # eig_atol(||M||, P) on each side, so comparisons allow 2 * eig_atol.
+
+# ---- rmt.freeconv ---------------------------------------------------------------------------
+# Closed-form outlier formulas (theta + t G_mu, 1 - t F) for a point mass: <= 4 roundings.
+FREECONV_FORMULA_RTOL = 4 * EPS64
+# Support edges psi(u*) at roots u* of F = 1/t: psi'(u*) = 0, so the root error (4 eps scale)
+# enters quadratically; what is left is the rounding of psi, a few eps of |edge| + sqrt(t).
+FREECONV_EDGE_RTOL = 8 * EPS64
+
+
+def freeconv_density_atol(x, t, density):
+    """Float64 error bound of the free-convolution density at x (reference value ``density``).
+
+    The solver finds u = psi^{-1}(x) to du <= 4 eps (|x| + sqrt t). Along S(u, w) = 1/t,
+    |dw/du| = 2 |T1| / S2 <= 2 sqrt(Q / S2) <= 2 sqrt(t) (Cauchy-Schwarz, Q <= 1/t, S2 >= 1/t^2),
+    so w = v^2 is off by <= 8 eps sqrt(t) (|x| + sqrt t) + 4 eps t (Newton's stopping rule);
+    doubled for the reference's own rounding: dw = 16 eps sqrt(t) (|x| + sqrt t) + 8 eps t.
+    Then |sqrt(w + dw) - sqrt(w)| <= min(dw / sqrt(w), sqrt(dw)), and density = v / (pi t).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    r = np.sqrt(t)
+    dw = 16 * EPS64 * r * (np.abs(x) + r) + 8 * EPS64 * t
+    v = np.pi * t * np.asarray(density, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        dv = np.minimum(dw / v, np.sqrt(dw))
+    return dv / (np.pi * t)
+
+
+# Quadrature of the density on its support: x = mid - half cos(theta), midpoint rule in theta
+# with FREECONV_QUAD_NODES per support interval. rho(x(theta)) sin(theta) is smooth, even and
+# periodic (square-root edges), so the rule converges geometrically; away from near-critical gaps
+# (t min F within 25% of 1) the 512- and 1024-node results differ by <= 3e-12 over 300 random
+# measures and the mass error is <= 5e-16. 1e-10 (times unit^k for a k-th moment) leaves
+# margin for the density's own rounding and still rejects any wrong cumulant.
+FREECONV_QUAD_NODES = 1024
+FREECONV_QUAD_ATOL = 1e-10
+# Kolmogorov distance between the spectrum of diag(atoms) + GOE(t) and the free convolution:
+# rigidity gives O(log(P)^c / P) (Erdos, Yau & Yin 2012; Lee & Schnelli 2013). The constant K in
+# K log(P) / P: observed KS is 0.3 log(P)/P at P = 1000 and 2000 (three seeds); K = 1 is a
+# threefold margin, while t off by 10% gives 2.2 log(P)/P.
+FREECONV_KS_RIGIDITY = 1.0
+# Finite-P bias of an outlier's mean location and mean squared overlap: O(1/P) (second-order
+# perturbation; for theta, t and atoms of order 1 the constant is below t (1 + |theta|) ~ 4);
+# allowance C / P with C = 10.
+FREECONV_OUTLIER_BIAS = 10.0
+
+# ---- rmt.band ---------------------------------------------------------------------------------
+
+
+def band_residual_atol(norm: float, rows: int, bandwidth: int) -> float:
+    """Residual ||B x - theta x|| the band solver guarantees (its stopping rule, rmt.band).
+
+    A computed eigenvector has eps-level noise in all L = rows coordinates, whose image under
+    B - theta has norm ~ eps ||B|| sqrt(L); the banded product adds ~ (k + 1) eps ||B||. Measured
+    floors are <= 0.6 sqrt(L) + 5 (k + 1) in units of eps ||B|| (L <= 20,000, k <= 8); factor 2.
+    A residual r bounds the eigenvalue error by r (Weyl / Bauer-Fike for symmetric matrices).
+    """
+    return 2.0 * (bandwidth + 1 + np.sqrt(rows)) * EPS64 * norm
+
+
+def overlap_atol(angle_sum: float) -> float:
+    """|x_j^2 - v_j^2| for unit vectors at angle theta: |x_j - v_j| |x_j + v_j| <= 2 ||x - v||
+    and ||x - v|| = 2 sin(theta / 2) <= sqrt(2) sin(theta); sin(theta1 + theta2) <=
+    sin(theta1) + sin(theta2) = ``angle_sum`` (each <= residual / gap, Davis-Kahan)."""
+    return 2.0 * np.sqrt(2.0) * angle_sum
+
+
+# Tracy-Widom beta = 1 (Bornemann 2010, "On the numerical evaluation of distributions in random
+# matrix theory", Table 6): mean, sd, and kurtosis (3 + excess 0.1652429384). The sd of a sample
+# sd of n draws is sd sqrt((kurtosis - 1) / (4 n)) (delta method on Var(s^2) = sd^4 (kurt - 1) / n).
+# Finite-P bias of the scaled largest eigenvalue at P = 1e6 is O(P^(-2/3)) = 1e-4, far below the
+# standard error at 2000 draws (0.028 for the mean, 0.021 for the sd).
+TW1_MEAN = -1.2065335745820
+TW1_SD = 1.2679830
+TW1_KURTOSIS = 3.1652429384
+
+# ---- nnhessian --------------------------------------------------------------------------------
+# HVP vs dense torch.func.hessian in float64, norm-wise ||Hv - H_ref v|| / ||H_ref v||: both are
+# sums over N samples and layer products of O(P) rounded terms; forward error <= c (depth + log N)
+# eps * (condition of the sums) ~ 1e3 eps = 2e-13 (observed 1e-15). 1e-10 as in STYLE.md leaves
+# margin for harder models yet any wrong term (a weight, a missing batch, a sign) is O(1e-2).
+HVP_RTOL64 = 1e-10
+# Symmetry |<u, Hv> - <Hu, v>| / (||u|| ||H v||): two products, each with the error above.
+HVP_SYMMETRY_RTOL64 = 1e3 * EPS64
+# Central differences of the gradient, (g(w + hv) - g(w - hv)) / 2h = Hv + h^2/6 D^3g[v,v,v]
+# + O(h^4) + O(eps |g| / h). At h = 2e-4 and 1e-4 the h^2 term dominates (rounding ~ 1e-12), so
+# the error ratio is 4 (1 + O(h^2)): [3.5, 4.5] accepts that and rejects an HVP off by more than
+# ~1/10 of the truncation error (the ratio tends to 1). FD_RTOL bounds the truncation error:
+# h^2/6 = 1.7e-9 times a third-derivative scale relative to ||Hv|| of up to 6e4 (observed 6e3 for
+# BatchNorm on batch statistics with 8 samples, where normalisation makes D^3 large).
+FD_STEPS = (2e-4, 1e-4)
+FD_RATIO_RANGE = (3.5, 4.5)
+FD_RTOL = 1e-4
+# float32 HVP vs float64, norm-wise: rounding of inputs/weights (eps32) and of the sums, amplified
+# by the same ~1e2-1e3 as above: 1e3 * eps32 = 1.2e-4 (observed 3e-7).
+HVP_RTOL32 = 1e3 * EPS32
+# Gauss quadrature from Lanczos, |sum_j w_j theta_j^k - q^T A^k q| / ||A||^k for k <= 2m - 1:
+# T_m = Q^T A Q + E with ||E|| ~ sqrt(P) eps ||A|| (full reorthogonalisation keeps Q orthonormal),
+# so a k-th moment moves by ~ k ||E|| ||A||^(k-1): k <= 11, P = 80 gives ~ 1e-14 (observed 4e-16).
+LANCZOS_MOMENT_RTOL64 = 1e3 * EPS64
+# Residual estimate |beta_m s_mj| vs the true ||A y - theta y||, in units of P eps ||A||: the
+# identity A Q = Q T + r e_m^T holds to the rounding of the recurrence, O(sqrt(P) eps ||A||) per
+# step; 10 P eps ||A|| covers it (observed < 1e-15 absolute at P = 120).
+LANCZOS_RESIDUAL_ATOL = 10.0
+# One sigma^2 probe value vs the same formula on dense per-sample Hessians, relative: the HVPs
+# carry <= 1e3 eps relative error (HVP_RTOL64's derivation), the deviations a_i = (H_i - H_emp) v
+# are >= 1/100 of ||H_i v|| on these problems, and squaring doubles it: ~ 1e3 * 100 * 2 eps =
+# 4e-11 (observed 3e-16); 1e-10 still rejects a wrong factor (>= 1/(N-1) = 9% relative).
+SIGMA2_PROBE_RTOL64 = 1e-10

@@ -1,0 +1,70 @@
+"""Hessians of real networks: operators, Lanczos spectra and the noise variance sigma^2.
+
+torch lives here (never matplotlib). Stages, each a pure function or a small object:
+
+* :mod:`nnhessian.data` -- deterministic in-memory data, the offline digits data set, fixed
+  batches, and the single data-pass loop;
+* :mod:`nnhessian.models` -- small smooth networks and the registry ``build(name, num_classes)``;
+* :mod:`nnhessian.operators` -- :class:`HessianOperator` (full data, fixed batch, noise =
+  batch - full; per-sample Hessians) with Pearlmutter HVPs;
+* :mod:`nnhessian.lanczos` -- :func:`lanczos` with full reorthogonalisation, SLQ, densities;
+* :mod:`nnhessian.sigma2` -- estimators of sigma^2 (paper eq. 9).
+"""
+
+from nnhessian import models
+from nnhessian.data import (
+    DeterminismError,
+    InMemoryDataset,
+    draw_batch_indices,
+    load_digits,
+)
+from nnhessian.lanczos import (
+    ExtremeEigenvalues,
+    LanczosResult,
+    SLQResult,
+    extreme_eigenvalues,
+    gauss_quadrature,
+    lanczos,
+    quadrature_moments,
+    slq,
+    smooth_density,
+)
+from nnhessian.operators import (
+    HessianOperator,
+    MatrixOperator,
+    PerSampleHessians,
+    as_linear_operator,
+    resolve_device,
+)
+from nnhessian.sigma2 import (
+    Sigma2Estimate,
+    sigma2_partition,
+    sigma2_per_sample,
+    sigma2_two_batch,
+)
+
+__all__ = [
+    "DeterminismError",
+    "ExtremeEigenvalues",
+    "HessianOperator",
+    "InMemoryDataset",
+    "LanczosResult",
+    "MatrixOperator",
+    "PerSampleHessians",
+    "SLQResult",
+    "Sigma2Estimate",
+    "as_linear_operator",
+    "draw_batch_indices",
+    "extreme_eigenvalues",
+    "gauss_quadrature",
+    "lanczos",
+    "load_digits",
+    "models",
+    "quadrature_moments",
+    "resolve_device",
+    "sigma2_partition",
+    "sigma2_per_sample",
+    "sigma2_two_batch",
+    "slq",
+    "smooth_density",
+]

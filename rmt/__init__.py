@@ -1,0 +1,70 @@
+"""Low-rank plus GOE random matrices: theory (paper Theorem 2, BBP), samplers, bounds, checks.
+
+numpy/scipy only. Stages:
+
+* :mod:`rmt.theory` -- closed forms: noise scale t (paper eq. 10), BBP outliers, Theorem 2;
+* :mod:`rmt.samplers` -- dense GOE, low-rank and spiked matrices (exact, any dtype);
+* :mod:`rmt.band` -- the exact band model that reaches P = 15,291,300;
+* :mod:`rmt.bounds` -- Weyl's inequalities checked on samples;
+* :mod:`rmt.freeconv` -- free additive convolution with the semicircle (Biane);
+* :mod:`rmt.experiments` -- Monte-Carlo comparisons of samples against theory.
+"""
+
+from rmt.band import band_extremes, truncation_check, truncation_rows
+from rmt.bounds import WeylCheck, low_rank_extremes, weyl_check
+from rmt.experiments import SpikedExtremes, extremes_table, spiked_extremes, weyl_table
+from rmt.freeconv import (
+    FreeConvolutionOutliers,
+    free_convolution_density,
+    free_convolution_outliers,
+    free_convolution_support,
+)
+from rmt.samplers import dense_extremes, haar_frame, sample_goe, sample_low_rank, sample_spiked
+from rmt.theory import (
+    Theorem2Prediction,
+    bbp_outlier,
+    bbp_overlap,
+    bbp_threshold,
+    edge_scale,
+    noise_scale,
+    outlier_sd,
+    semicircle_density,
+    semicircle_edge,
+    theorem2,
+    weyl_paper_bound,
+)
+from rmt.types import ExtremeSample
+
+__all__ = [
+    "ExtremeSample",
+    "FreeConvolutionOutliers",
+    "SpikedExtremes",
+    "Theorem2Prediction",
+    "WeylCheck",
+    "band_extremes",
+    "bbp_outlier",
+    "bbp_overlap",
+    "bbp_threshold",
+    "dense_extremes",
+    "edge_scale",
+    "extremes_table",
+    "free_convolution_density",
+    "free_convolution_outliers",
+    "free_convolution_support",
+    "haar_frame",
+    "low_rank_extremes",
+    "noise_scale",
+    "outlier_sd",
+    "sample_goe",
+    "sample_low_rank",
+    "sample_spiked",
+    "semicircle_density",
+    "semicircle_edge",
+    "spiked_extremes",
+    "theorem2",
+    "truncation_check",
+    "truncation_rows",
+    "weyl_check",
+    "weyl_paper_bound",
+    "weyl_table",
+]
