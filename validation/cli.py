@@ -5,6 +5,7 @@ nothing written."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import sys
 import time
@@ -14,6 +15,12 @@ from pathlib import Path
 from validation.errors import UsageError
 
 EXIT_USAGE = 2
+
+# Subcommands that live in their own module. Each module defines ``add_parser(sub)`` (adds its
+# subparser, with ``set_defaults(command_module=__name__)`` implied by the registry) and
+# ``command(args, started) -> int``. Their top level imports neither torch nor matplotlib, so
+# building the parser stays fast.
+SUBCOMMAND_MODULES: tuple[str, ...] = ()
 
 
 class _Parser(argparse.ArgumentParser):
@@ -127,6 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, default=Path("results"), help="parent result folder")
     run.add_argument("--force", action="store_true", help="recompute stages that exist")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    for name in SUBCOMMAND_MODULES:
+        module = importlib.import_module(name)
+        before = set(sub.choices)
+        module.add_parser(sub)
+        for added in set(sub.choices) - before:
+            sub.choices[added].set_defaults(command_module=name)
     return parser
 
 
@@ -140,6 +154,9 @@ def main(argv=None) -> int:
             return _paper(args, started)
         if args.command == "run":
             return _run(args, started)
+        module = getattr(args, "command_module", None)
+        if module is not None:
+            return importlib.import_module(module).command(args, started)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

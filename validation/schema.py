@@ -1,0 +1,53 @@
+"""One tidy results schema shared by synthetic, network and paper runs.
+
+Every comparison of theory with measurement is one row:
+
+``source``       the run it came from (``synthetic``, ``network``, ``paper``) and its folder name;
+``check``        what is compared (e.g. ``theorem2``, ``weyl``, ``free-convolution``, ``sigma2``,
+                 ``noise-edge``, ``noise-asymmetry``);
+``quantity``     a human-readable name of the number (e.g. ``lambda_max batch B=32``);
+``predicted``    the theory's value (NaN when the theory makes no prediction);
+``measured``     the measured value;
+``uncertainty``  one standard error of the measurement or of the comparison (NaN when none);
+``regime``       the branch of the theory that applies (``outlier``, ``edge``, ``bulk``, ...; ``-``
+                 when not meaningful);
+``verdict``      one of :data:`VERDICTS` (a run may refine the wording after the first word, e.g.
+                 ``disagrees (inside the edge)``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+TIDY_COLUMNS = (
+    "source",
+    "check",
+    "quantity",
+    "predicted",
+    "measured",
+    "uncertainty",
+    "regime",
+    "verdict",
+)
+VERDICTS = ("agrees", "disagrees", "not applicable")
+
+
+def verdict_from_z(predicted: float, measured: float, uncertainty: float, z_crit: float) -> str:
+    """``agrees`` when |measured - predicted| <= z_crit * uncertainty, else ``disagrees``;
+    ``not applicable`` when any of the three numbers is missing or the uncertainty is not > 0."""
+    values = np.array([predicted, measured, uncertainty], dtype=float)
+    if not np.all(np.isfinite(values)) or uncertainty <= 0:
+        return "not applicable"
+    return "agrees" if abs(measured - predicted) <= z_crit * uncertainty else "disagrees"
+
+
+def tidy_frame(rows) -> pd.DataFrame:
+    """Rows (dicts) as a frame with exactly :data:`TIDY_COLUMNS`, checked."""
+    frame = pd.DataFrame(list(rows), columns=list(TIDY_COLUMNS))
+    bad = [v for v in frame["verdict"] if str(v).split(" ")[0] not in VERDICTS]
+    if bad:
+        raise ValueError(f"unknown verdicts {sorted(set(bad))}; accepted: {', '.join(VERDICTS)}")
+    for column in ("predicted", "measured", "uncertainty"):
+        frame[column] = frame[column].astype(float)
+    return frame
