@@ -81,3 +81,162 @@ def weyl_slack(ax, weyl):
     ax.set_ylabel("eigenvalue shift")
     ax.set_title("Weyl bounds per draw")
     ax.legend(fontsize=8)
+
+
+# ---------------------------------------------------------------------------------------------
+# report figures (reports.report): drawn from values stored in results.json, nothing recomputed
+
+
+def sigma2_over_epochs(ax, table):
+    """sigma^2 (paper, eq. 9) against the training epoch, one line per series, with its interval.
+
+    ``table`` has columns ``series`` (e.g. "vgg16 / cifar100, hutchinson"), ``epoch``, ``value``,
+    ``ci_low`` and ``ci_high`` (NaN where a run stored no interval); one point per network run.
+    """
+    for series, group in table.groupby("series", sort=False):
+        group = group.sort_values("epoch")
+        epochs = group["epoch"].to_numpy(dtype=float)
+        value = group["value"].to_numpy(dtype=float)
+        low = group["ci_low"].to_numpy(dtype=float)
+        high = group["ci_high"].to_numpy(dtype=float)
+        has_ci = np.isfinite(low) & np.isfinite(high)
+        (line,) = ax.plot(epochs, value, "o-", ms=4, label=str(series))
+        if has_ci.any():
+            ax.errorbar(
+                epochs[has_ci],
+                value[has_ci],
+                yerr=np.vstack([value[has_ci] - low[has_ci], high[has_ci] - value[has_ci]]),
+                fmt="none",
+                ecolor=line.get_color(),
+                capsize=3,
+            )
+    ax.set_xlabel("training epoch")
+    ax.set_ylabel("sigma^2 (paper, eq. 9)")
+    ax.set_title("sigma^2 over epochs (bars: stored confidence interval)")
+    ax.legend(fontsize=8)
+
+
+# ---------------------------------------------------------------------------------------------
+# network runs (validation.network): drawn from ritz.csv, density.csv and sweep.csv as stored
+
+
+NETWORK_FULL = "#7f7f7f"
+
+
+def ritz_full_vs_batch(ax, ritz, *, B: int):
+    """Weighted Ritz values of H_emp and of H_B (the paper's Figures 1 and 2, overlaid).
+
+    ``ritz`` has columns ``operator`` ("full", "batch", "noise"), ``B`` (empty for full),
+    ``probe``, ``value`` and ``weight``: each Ritz value of each probe is drawn at its Gauss
+    weight (log scale), so converged outliers sit on top and the bulk spreads below.
+    """
+    full = ritz[ritz["operator"] == "full"]
+    batch = ritz[(ritz["operator"] == "batch") & (ritz["B"] == B)]
+    for frame, color, label, marker in (
+        (full, NETWORK_FULL, "full data H_emp", "o"),
+        (batch, MEASURED, f"batch H_B, B = {B}", "x"),
+    ):
+        value = frame["value"].to_numpy(dtype=float)
+        weight = frame["weight"].to_numpy(dtype=float)
+        keep = weight > 0
+        ax.vlines(value[keep], weight[keep].min(), weight[keep], color=color, lw=0.4, alpha=0.5)
+        ax.plot(value[keep], weight[keep], marker, ms=3, color=color, label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("Ritz value (eigenvalue of the Hessian)")
+    ax.set_ylabel("Gauss weight")
+    ax.set_title(f"weighted Ritz values, B = {B}")
+    ax.legend(fontsize=8)
+
+
+def _curve(density, name, B=None):
+    rows = density[density["curve"] == name]
+    if B is not None:
+        rows = rows[rows["B"] == B]
+    return rows["x"].to_numpy(dtype=float), rows["density"].to_numpy(dtype=float)
+
+
+def _log_density_axis(ax, *curves):
+    top = max((float(np.max(y)) for _, y in curves if len(y)), default=1.0)
+    ax.set_yscale("log")
+    ax.set_ylim(max(top, 1e-300) * 1e-6, top * 3)
+
+
+def batch_density(ax, density, *, B: int):
+    """Measured batch density (smoothed SLQ) against the free-convolution prediction.
+
+    ``density`` has columns ``curve``, ``B``, ``x``, ``density``; the prediction is
+    (full-data SLQ measure) boxplus semicircle(t), the full-data density is shown for reference.
+    """
+    full = _curve(density, "full")
+    measured = _curve(density, "batch measured", B)
+    predicted = _curve(density, "batch predicted", B)
+    ax.plot(*full, color=NETWORK_FULL, lw=1, label="full data (SLQ, smoothed)")
+    ax.plot(*measured, color=MEASURED, lw=1.5, label=f"batch B = {B} (SLQ, smoothed)")
+    if len(predicted[0]):
+        ax.plot(
+            *predicted, color=PREDICTED, lw=1.2, ls="--", label="predicted: full boxplus semicircle"
+        )
+    _log_density_axis(ax, full, measured, predicted)
+    ax.set_xlabel("eigenvalue")
+    ax.set_ylabel("spectral density (log scale)")
+    ax.set_title(f"batch spectrum, B = {B}")
+    ax.legend(fontsize=8)
+
+
+def noise_spectrum(ax, density, *, B: int, t: float):
+    """Density of the noise N_B = H_B - H_emp (smoothed SLQ) against the semicircle of variance
+    t (the paper's assumption 3), with the GOE edges +-2 sqrt(t) marked."""
+    measured = _curve(density, "noise measured", B)
+    semicircle = _curve(density, "noise semicircle", B)
+    ax.plot(*measured, color=MEASURED, lw=1.5, label=f"noise, B = {B} (SLQ, smoothed)")
+    if len(semicircle[0]):
+        ax.plot(*semicircle, color=PREDICTED, lw=1.2, ls="--", label=f"semicircle, t = {t:.3g}")
+    if t > 0:
+        edge = float(theory.semicircle_edge(t))
+        for x in (-edge, edge):
+            ax.axvline(x, color=PREDICTED, ls=":", lw=1)
+    _log_density_axis(ax, measured, semicircle)
+    ax.set_xlabel("eigenvalue of H_B - H_emp")
+    ax.set_ylabel("spectral density (log scale)")
+    ax.set_title(f"noise spectrum vs GOE, B = {B}")
+    ax.legend(fontsize=8)
+
+
+def batch_sweep(ax, sweep):
+    """lambda_max(H_B) against B: Lanczos, exact, Theorem 2 (+- se), free convolution, laws.
+
+    ``sweep`` has columns ``B``, ``measured_max``, ``predicted_max``, ``predicted_max_se``,
+    ``lambda_full_max`` and, when present, ``exact_max``, ``fc_predicted_max``,
+    ``edge_law_max`` and ``outlier_law_max`` (least-squares fits of c sqrt(f) and theta + c f).
+    """
+    B = sweep["B"].to_numpy(dtype=float)
+    ax.errorbar(
+        B,
+        sweep["predicted_max"],
+        yerr=sweep["predicted_max_se"],
+        fmt="s--",
+        ms=4,
+        color=PREDICTED,
+        capsize=3,
+        label="Theorem 2 (+- se from sigma^2)",
+    )
+    if "fc_predicted_max" in sweep:
+        ax.plot(B, sweep["fc_predicted_max"], "^:", ms=4, color="#ff7f0e", label="free convolution")
+    ax.plot(B, sweep["measured_max"], "o-", ms=5, color=MEASURED, label="measured (Lanczos)")
+    if "exact_max" in sweep and np.isfinite(sweep["exact_max"]).any():
+        ax.plot(B, sweep["exact_max"], "+", ms=10, color="black", label="exact (dense)")
+    if "edge_law_max" in sweep:
+        ax.plot(B, sweep["edge_law_max"], "-", lw=0.8, color="#2ca02c", label="fit: c sqrt(f)")
+        ax.plot(B, sweep["outlier_law_max"], "-", lw=0.8, color="#9467bd", label="fit: theta + c f")
+    ax.axhline(
+        float(sweep["lambda_full_max"].iloc[0]),
+        color=NETWORK_FULL,
+        ls=":",
+        lw=1,
+        label="lambda_max full data",
+    )
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size B")
+    ax.set_ylabel("largest eigenvalue")
+    ax.set_title("lambda_max of the batch Hessian")
+    ax.legend(fontsize=7)

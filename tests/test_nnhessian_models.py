@@ -21,9 +21,10 @@ def test_registry_builds_small_models(name):
 
 
 def test_unknown_name_lists_known_models():
-    with pytest.raises(ValueError, match="unknown model 'vgg16'; known models: cnn, cnn_bn, mlp"):
-        build("vgg16", 100)
-    assert available() == ("cnn", "cnn_bn", "mlp")
+    known = "cnn, cnn_bn, mlp, preresnet110, vgg16, vgg16bn"
+    with pytest.raises(ValueError, match=f"unknown model 'resnet18'; known models: {known}"):
+        build("resnet18", 100)
+    assert available() == ("cnn", "cnn_bn", "mlp", "preresnet110", "vgg16", "vgg16bn")
 
 
 @pytest.mark.parametrize("bad", [1, 0, 2.0, True])

@@ -45,9 +45,14 @@ def verdict_from_z(predicted: float, measured: float, uncertainty: float, z_crit
 def tidy_frame(rows) -> pd.DataFrame:
     """Rows (dicts) as a frame with exactly :data:`TIDY_COLUMNS`, checked."""
     frame = pd.DataFrame(list(rows), columns=list(TIDY_COLUMNS))
-    bad = [v for v in frame["verdict"] if str(v).split(" ")[0] not in VERDICTS]
+    bad = [v for v in frame["verdict"] if not _known_verdict(str(v))]
     if bad:
         raise ValueError(f"unknown verdicts {sorted(set(bad))}; accepted: {', '.join(VERDICTS)}")
     for column in ("predicted", "measured", "uncertainty"):
         frame[column] = frame[column].astype(float)
     return frame
+
+
+def _known_verdict(text: str) -> bool:
+    """One of :data:`VERDICTS`, alone or followed by a space and further wording."""
+    return any(text == v or text.startswith(v + " ") for v in VERDICTS)

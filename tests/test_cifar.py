@@ -1,0 +1,223 @@
+"""nnhessian.cifar: on-disk format, normalisation, augmentation, clear errors. No real data."""
+
+from __future__ import annotations
+
+import math
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from nnhessian import cifar
+from nnhessian.cifar import (
+    CIFAR100_MEAN,
+    CIFAR100_STD,
+    CifarDataError,
+    augment,
+    channel_statistics,
+    load_cifar100,
+    normalize,
+    read_cifar100,
+    write_miniature_cifar100,
+)
+from nnhessian.data import BatchSource, InMemoryDataset, data_pass
+from tests.tolerances import CIFAR_NORMALIZE_ATOL32, Z_STAT
+
+
+@pytest.fixture(scope="module")
+def mini(tmp_path_factory):
+    return write_miniature_cifar100(tmp_path_factory.mktemp("cifar"), 24, 10, seed=5)
+
+
+def test_miniature_is_what_torchvision_reads(mini, monkeypatch):
+    """torchvision's own CIFAR100 parser (MD5 checks switched off: the sums are the real
+    files') reads the same images, labels and class names from the miniature files."""
+    import torchvision.datasets.cifar as tv
+
+    monkeypatch.setattr(tv, "check_integrity", lambda *a, **k: True)
+    for split, n in (("train", 24), ("test", 10)):
+        ref = tv.CIFAR100(str(mini), train=split == "train")
+        ours = read_cifar100(mini, split)
+        assert len(ours) == len(ref) == n
+        assert np.array_equal(ours.images.permute(0, 2, 3, 1).numpy(), ref.data)
+        assert ours.labels.tolist() == list(ref.targets)
+        assert list(ours.classes) == list(ref.classes) and len(ours.classes) == 100
+        assert ours.images.dtype == torch.uint8 and ours.images.shape == (n, 3, 32, 32)
+
+
+def test_miniature_is_deterministic_and_accepts_the_folder_itself(tmp_path, mini):
+    again = write_miniature_cifar100(tmp_path / "again", 24, 10, seed=5)
+    a, b = read_cifar100(mini, "train"), read_cifar100(again, "train")
+    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    c = read_cifar100(mini / cifar.BASE_FOLDER, "train")  # --data-dir .../cifar-100-python
+    assert torch.equal(a.images, c.images)
+    other = read_cifar100(write_miniature_cifar100(tmp_path / "other", 24, 10, seed=6), "train")
+    assert not torch.equal(a.images, other.images)
+
+
+def test_hessian_dataset_is_normalised_in_file_order(mini):
+    raw = read_cifar100(mini, "train")
+    data = load_cifar100(mini)
+    assert isinstance(data, InMemoryDataset) and data.num_classes == 100 and len(data) == 24
+    mean = np.asarray(CIFAR100_MEAN).reshape(1, 3, 1, 1)
+    std = np.asarray(CIFAR100_STD).reshape(1, 3, 1, 1)
+    expected = (raw.images.numpy().astype(np.float64) / 255 - mean) / std
+    assert data.X.dtype == torch.float32
+    assert np.max(np.abs(data.X.numpy() - expected)) <= CIFAR_NORMALIZE_ATOL32
+    assert torch.equal(data.y, raw.labels)
+    again = load_cifar100(mini)
+    assert torch.equal(data.X, again.X)  # no augmentation, no shuffling
+    head = load_cifar100(mini, limit=5, dtype=torch.float64)
+    assert len(head) == 5 and head.X.dtype == torch.float64
+    assert np.max(np.abs(head.X.numpy() - expected[:5])) <= 1e-15 * 8
+    # a data pass over it passes the determinism fingerprint on a second pass
+    source = BatchSource.from_dataset(data, 7, device="cpu", dtype=torch.float32)
+    for _ in range(2):
+        data_pass(lambda X, y: (X.sum().reshape(1),), source, progress=False)
+    assert load_cifar100(mini, split="test").X.shape == (10, 3, 32, 32)
+
+
+def test_channel_statistics_recipe():
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (6, 3, 4, 4), generator=g, dtype=torch.uint8)
+    mean, std = channel_statistics(images)
+    x = images.numpy().astype(np.float64) / 255
+    assert np.allclose(mean, x.mean(axis=(0, 2, 3)), rtol=0, atol=1e-15)
+    assert np.allclose(std, x.std(axis=(0, 2, 3)), rtol=0, atol=1e-15)
+    z = normalize(images, mean=mean, std=std, dtype=torch.float64)
+    assert np.allclose(z.mean(dim=(0, 2, 3)).numpy(), 0, atol=1e-14)
+    assert np.allclose(z.std(dim=(0, 2, 3), correction=0).numpy(), 1, atol=1e-14)
+
+
+def _find_crop(out, img):
+    """All (i, j, flip) with out == crop(pad(img, 4), i, j) (flipped horizontally if flip)."""
+    padded = torch.nn.functional.pad(img, (4, 4, 4, 4))
+    hits = []
+    for i in range(9):
+        for j in range(9):
+            crop = padded[:, i : i + 32, j : j + 32]
+            for flip in (False, True):
+                if torch.equal(out, crop.flip(-1) if flip else crop):
+                    hits.append((i, j, flip))
+    return hits
+
+
+def test_augmentation_is_a_padded_crop_with_flip():
+    g = torch.Generator().manual_seed(1)
+    images = torch.randint(1, 256, (12, 3, 32, 32), generator=g, dtype=torch.uint8)
+    out = augment(images, generator=torch.Generator().manual_seed(2))
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    # replay the documented draws: offsets (n, 2), then flips (n,)
+    replay = torch.Generator().manual_seed(2)
+    offsets = torch.randint(0, 9, (12, 2), generator=replay)
+    flips = torch.randint(0, 2, (12,), generator=replay).bool()
+    for k in range(12):
+        assert _find_crop(out[k], images[k]) == [(int(offsets[k, 0]), int(offsets[k, 1]),
+                                                  bool(flips[k]))]  # fmt: skip
+    # deterministic in the generator, different for another seed, input untouched
+    assert torch.equal(out, augment(images, generator=torch.Generator().manual_seed(2)))
+    assert not torch.equal(out, augment(images, generator=torch.Generator().manual_seed(3)))
+    with pytest.raises(TypeError, match="torch.Generator"):
+        augment(images, generator=None)
+
+
+def test_augmentation_draw_frequencies():
+    """Offsets uniform on 0..8 and flips fair: counts within Z_STAT binomial standard errors."""
+    n = 4000
+    images = torch.zeros(n, 1, 32, 32, dtype=torch.uint8)
+    images[:, :, 0, 0] = 255  # a marker pixel: where it lands tells the offset and the flip
+    out = augment(images, generator=torch.Generator().manual_seed(7))
+    rows, cols = [], []
+    for k in range(n):
+        r, c = torch.nonzero(out[k, 0] == 255, as_tuple=True)
+        if len(r):
+            rows.append(int(r[0]))
+            cols.append(int(c[0]))
+    # The marker sits at (4, 4) of the padded image, so a crop at offset (i, j) shows it at
+    # (4 - i, 4 - j), or at column 31 - (4 - j) = 27 + j when flipped: it stays visible iff
+    # i <= 4 and j <= 4, probability (5/9)^2 for uniform offsets, flip or not.
+    p = (5 / 9) ** 2
+    visible = len(rows) / n
+    assert abs(visible - p) <= Z_STAT * math.sqrt(p * (1 - p) / n)
+    flipped = np.mean([c >= 27 for c in cols])  # flipped markers land in columns 27..31
+    assert abs(flipped - 0.5) <= Z_STAT * math.sqrt(0.25 / len(cols))
+    assert set(cols) == set(range(5)) | set(range(27, 32))
+    assert set(rows) == set(range(5))
+
+
+def test_missing_folder_says_where_and_how(tmp_path):
+    with pytest.raises(CifarDataError) as err:
+        read_cifar100(tmp_path / "nowhere")
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert str(tmp_path / "nowhere" / "cifar-100-python") in msg
+    assert "--download" in msg and "cifar-100-python.tar.gz" in msg
+
+
+def _corrupt(folder, name, content: bytes):
+    (folder / cifar.BASE_FOLDER / name).write_bytes(content)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "match"),
+    [
+        ("train", b"not a pickle at all", "cannot unpickle"),
+        ("train", pickle.dumps([1, 2, 3]), "expected a dict"),
+        ("train", pickle.dumps({"data": np.zeros((2, 10), np.uint8), "fine_labels": [0, 1]}),
+         r"uint8 \(N, 3072\)"),
+        ("train", pickle.dumps({"data": np.zeros((2, 3072), np.uint8), "fine_labels": [0, 100]}),
+         "outside"),
+        ("train", pickle.dumps({"data": np.zeros((2, 3072), np.uint8)}), "fine_labels"),
+        ("meta", pickle.dumps({"fine_label_names": ["a"]}), "fine_label_names"),
+    ],
+)  # fmt: skip
+def test_corrupt_files_give_one_clear_line(tmp_path, name, content, match):
+    write_miniature_cifar100(tmp_path, 4, 2, 0)
+    _corrupt(tmp_path, name, content)
+    with pytest.raises(CifarDataError, match=match) as err:
+        read_cifar100(tmp_path, "train")
+    msg = str(err.value)
+    assert "\n" not in msg and "corrupt" in msg and str(tmp_path) in msg
+
+
+def test_full_size_files_are_checked_against_the_published_md5(tmp_path):
+    write_miniature_cifar100(tmp_path, 4, 2, 0)
+    fake = {"data": np.zeros((10_000, 3072), np.uint8), "fine_labels": [0] * 10_000}
+    _corrupt(tmp_path, "test", pickle.dumps(fake, protocol=2))
+    with pytest.raises(CifarDataError, match="MD5"):
+        read_cifar100(tmp_path, "test")
+
+
+def test_download_only_when_asked(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    calls = []
+
+    class FakeCIFAR100:
+        def __init__(self, root, train, download):
+            calls.append((root, train, download))
+            write_miniature_cifar100(root, 4, 2, 0)
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR100", FakeCIFAR100)
+    with pytest.raises(CifarDataError):
+        read_cifar100(tmp_path / "d")
+    assert calls == []  # never fetched without download=True
+    data = read_cifar100(tmp_path / "d", download=True)
+    assert len(data) == 4 and calls == [(str(tmp_path / "d"), True, True)]
+
+    class Offline:
+        def __init__(self, root, train, download):
+            raise OSError("network unreachable\nmore detail")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR100", Offline)
+    with pytest.raises(CifarDataError, match="could not download CIFAR-100") as err:
+        read_cifar100(tmp_path / "e", download=True)
+    assert "\n" not in str(err.value) and "cifar-100-python.tar.gz" in str(err.value)
+
+
+def test_miniature_sizes_are_checked(tmp_path):
+    with pytest.raises(ValueError, match="n_train"):
+        write_miniature_cifar100(tmp_path, 0, 2, 0)
+    with pytest.raises(ValueError, match="n_test"):
+        write_miniature_cifar100(tmp_path, 2, 10_000, 0)

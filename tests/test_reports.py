@@ -1,0 +1,462 @@
+"""The report builder and the tidy tables: sections, embedded figures, well-formed self-contained
+HTML, escaping, and the paper's tidy rows against values computed by hand."""
+
+import base64
+import json
+import math
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+from reports import report, tables
+from reports.tables import RunFolderError, load_run, load_runs, markdown_table
+from validation.cli import main
+from validation.schema import TIDY_COLUMNS, VERDICTS
+
+TOY_SYNTHETIC = [
+    "synthetic", "--P", "60", "--spikes", "3,0.4,-2", "--trials", "6", "--sweep-points", "3",
+    "--histogram-P", "60", "--method", "dense", "--quiet",
+]  # fmt: skip
+NETWORK_FIGURES = ("ritz_full_vs_batch.png", "density.png", "noise_spectrum.png", "batch_sweep.png")
+HOSTILE_MODEL = "<script>alert('x')</script> & <b>co</b>"
+
+
+# -------------------------------------------------------------------------------------------
+# fixtures: a toy synthetic run, the paper run, and two FAKE network folders (test fixtures that
+# follow the network spec: results.json, summary.csv, ritz.csv, density.csv, sigma2.csv,
+# sweep.csv and four PNGs)
+
+
+def _tiny_png(path: Path, label: str) -> None:
+    fig = Figure(figsize=(2, 1.5))
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1])
+    ax.set_title(label, fontsize=6)
+    fig.savefig(path, dpi=40)
+
+
+def write_fake_network(folder: Path, *, epoch, sigma2, model="vgg16", omit=()) -> Path:
+    """A network result folder as the spec describes it, with made-up numbers (a test fixture)."""
+    folder.mkdir(parents=True)
+    summary = pd.DataFrame(
+        [
+            ["network", "theorem2", "lambda_max batch B=32", 12.0, 12.5, 0.2, "outlier", "agrees"],
+            ["network", "sigma2", "sigma^2 hutchinson", np.nan, sigma2, 0.1 * sigma2, "-",
+             "not applicable"],
+            ["network", "noise-edge", "noise lambda_max vs GOE edge", 3.0, 4.5, 0.1, "edge",
+             "disagrees (assumption 3 violated by 50%)"],
+        ],
+        columns=list(TIDY_COLUMNS),
+    )  # fmt: skip
+    files = {
+        "summary.csv": summary,
+        "ritz.csv": pd.DataFrame(
+            {"operator": ["full", "batch", "noise"], "B": [np.nan, 32, 32], "probe": [0, 0, 0],
+             "value": [10.0, 12.5, 4.5], "weight": [0.1, 0.1, 0.2]}
+        ),
+        "density.csv": pd.DataFrame(
+            {"curve": ["full", "batch measured", "batch predicted"], "B": [np.nan, 32, 32],
+             "x": [0.0, 0.0, 0.0], "density": [1.0, 0.8, 0.9]}
+        ),
+        "sigma2.csv": pd.DataFrame(
+            {"estimator": ["hutchinson"], "value": [sigma2], "ci_low": [0.9 * sigma2],
+             "ci_high": [1.1 * sigma2], "probes": [8]}
+        ),
+        "sweep.csv": pd.DataFrame(
+            {"B": [16, 32], "predicted": [14.0, 12.0], "measured": [14.5, 12.5],
+             "regime": ["outlier", "outlier"]}
+        ),
+    }  # fmt: skip
+    written = []
+    for name, frame in files.items():
+        if name not in omit:
+            frame.to_csv(folder / name, index=False)
+            written.append(name)
+    for name in NETWORK_FIGURES:
+        if name not in omit:
+            _tiny_png(folder / name, name)
+            written.append(name)
+    results = {
+        "kind": "network",
+        "provenance": {
+            "config": {"model": model, "epoch": epoch, "batch_sizes": [16, 32]},
+            "versions": {"python": "3.11", "torch": "fake"},
+            "git": {"commit": "0" * 40, "dirty": False},
+            "device": "cpu",
+            "started_utc": "2026-01-01T00:00:00+00:00",
+            "wall_seconds": 1.0,
+        },
+        "model": model,
+        "data": "fake-cifar",
+        "P": 1234,
+        "N": 500,
+        "epoch": epoch,
+        "batch_sizes": [16, 32],
+        "sigma2": {
+            "hutchinson": {
+                "value": sigma2,
+                "ci_low": 0.9 * sigma2,
+                "ci_high": 1.1 * sigma2,
+                "probes": 8,
+            }
+        },  # fmt: skip
+        "assumption3": {
+            "32": {"verdict": "violated", "summary": "assumption 3 violated at B=32: edges 1.5x"}
+        },
+        "sweep_law": {"law": "saturates toward the outlier", "loglog_slope_vs_f": 0.1},
+        # every file the spec names is listed, so an omitted one is "listed but missing"
+        "files": sorted({*files, *NETWORK_FIGURES, "results.json"}),
+    }
+    (folder / "results.json").write_text(json.dumps(results))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report-inputs")
+    assert main([*TOY_SYNTHETIC, "--out", str(root / "synthetic")]) == 0
+    assert main(["paper", "--out", str(root / "paper")]) == 0
+    write_fake_network(root / "epoch_010", epoch=10, sigma2=0.5, model=HOSTILE_MODEL)
+    write_fake_network(
+        root / "epoch_200", epoch=200, sigma2=0.25, omit=("density.png", "sweep.csv")
+    )
+    return root
+
+
+@pytest.fixture(scope="module")
+def built(folders, tmp_path_factory):
+    from validation.report import build_report
+
+    out = tmp_path_factory.mktemp("report") / "report"
+    names = ("synthetic", "paper", "epoch_010", "epoch_200")
+    path = build_report([folders / n for n in names], out)
+    return path
+
+
+# -------------------------------------------------------------------------------------------
+# HTML structure
+
+
+class _Collector(HTMLParser):
+    VOID = {"meta", "img", "br", "hr", "link", "input", "col", "source", "wbr"}
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.stack, self.errors, self.headings, self.images, self.urls = [], [], [], [], []
+        self.tags = set()
+        self._heading = None
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.add(tag)
+        attrs = dict(attrs)
+        for name in ("src", "href", "action", "data", "poster"):
+            if name in attrs:
+                self.urls.append(attrs[name])
+        if tag == "img":
+            self.images.append(attrs.get("src", ""))
+        if tag in self.VOID:
+            return
+        self.stack.append(tag)
+        if tag in ("h1", "h2", "h3", "h4"):
+            self._heading = [tag, ""]
+
+    def handle_startendtag(self, tag, attrs):
+        self.handle_starttag(tag, attrs)
+
+    def handle_endtag(self, tag):
+        if tag in self.VOID:
+            return
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> closes {self.stack[-1] if self.stack else 'nothing'}")
+            return
+        self.stack.pop()
+        if self._heading and self._heading[0] == tag:
+            self.headings.append(tuple(self._heading))
+            self._heading = None
+
+    def handle_data(self, data):
+        if self._heading:
+            self._heading[1] += data
+
+
+def _parse(text: str) -> _Collector:
+    parser = _Collector()
+    parser.feed(text)
+    parser.close()
+    return parser
+
+
+def test_report_has_every_section_and_subsection(built):
+    parsed = _parse(built.read_text(encoding="utf-8"))
+    h2 = [text for tag, text in parsed.headings if tag == "h2"]
+    assert h2 == [title for _, title in report.SECTIONS]
+    lower = {text for tag, text in parsed.headings if tag in ("h3", "h4")}
+    for heading in (
+        "BBP transition",
+        "Spectrum against the semicircle and the free convolution",
+        "Weyl bounds",
+        "Extreme eigenvalues: Theorem 2 outliers, Tracy-Widom edge",
+        "Ritz values full data vs batch",
+        "Predicted vs measured batch density",
+        "Noise spectrum vs semicircle",
+        "Batch-size sweep",
+        "sigma^2 estimates",
+    ):
+        assert heading in lower, heading
+
+
+def test_html_is_well_formed_and_self_contained(built):
+    text = built.read_text(encoding="utf-8")
+    parsed = _parse(text)
+    assert parsed.errors == [] and parsed.stack == []
+    assert text.startswith("<!DOCTYPE html>")
+    assert "http://" not in text and "https://" not in text
+    assert not {"script", "link", "iframe", "object", "embed"} & parsed.tags
+    # every reference is an embedded image or an anchor inside the page
+    for url in parsed.urls:
+        assert url.startswith("data:image/png;base64,") or url.startswith("#"), url[:40]
+    assert "Content-Security-Policy" in text
+
+
+def test_figures_are_embedded_pngs(built):
+    images = _parse(built.read_text(encoding="utf-8")).images
+    # 3 synthetic + 4 network (epoch 10) + 3 network (epoch 200, density.png omitted) + sigma^2
+    assert len(images) == 11
+    for src in images:
+        png = base64.b64decode(src.removeprefix("data:image/png;base64,"), validate=True)
+        assert png.startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_text_is_escaped(built):
+    text = built.read_text(encoding="utf-8")
+    assert "<script" not in text and "<b>co</b>" not in text
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; &lt;b&gt;co&lt;/b&gt;" in text
+    markdown = (built.parent / "report.md").read_text(encoding="utf-8")
+    # Markdown passes raw HTML through, except inside fenced code blocks (the provenance JSON)
+    prose = "".join(markdown.split("```")[::2])
+    assert "<script" not in prose and "&lt;script>" in prose
+
+
+def test_network_verdicts_on_assumption3_and_growth_law(built):
+    text = built.read_text(encoding="utf-8")
+    network = text[text.index('id="network"') : text.index('id="sigma2-epochs"')]
+    assert network.count("assumption 3 violated at B=32: edges 1.5x.") == 2
+    assert "lambda_max(B) growth: saturates toward the outlier (log-log slope" in network
+
+
+def test_missing_optional_files_are_named_not_fatal(built):
+    text = built.read_text(encoding="utf-8")
+    assert "density.png: listed in its results.json but missing" in text
+    assert "sweep.csv: listed in its results.json but missing" in text
+
+
+def test_summary_first_with_counts_and_disagreements(built):
+    text = built.read_text(encoding="utf-8")
+    summary = pd.read_csv(built.parent / "summary.csv")
+    assert list(summary.columns) == list(TIDY_COLUMNS)
+    assert set(summary["verdict"].map(tables.verdict_word)) <= set(VERDICTS)
+    sources = set(summary["source"])
+    assert {"synthetic", "paper", "network: epoch_010", "network: epoch_200"} <= sources
+    # the summary section precedes all others
+    assert text.index('id="summary"') < min(
+        text.index(f'id="{key}"') for key, _ in report.SECTIONS[1:]
+    )
+    n_disagree = int((summary["verdict"].map(tables.verdict_word) == "disagrees").sum())
+    # the fake network's noise-edge row (one per network run) and the PreResNet row are there
+    assert n_disagree >= 3
+    summary_html = text[text.index('id="summary"') : text.index('id="paper"')]
+    assert "assumption 3 violated by 50%" in summary_html
+    assert "inside the edge" in summary_html
+
+
+def test_markdown_twin_has_sections_and_figure_files(built):
+    markdown = (built.parent / "report.md").read_text(encoding="utf-8")
+    for _, title in report.SECTIONS:
+        assert f"\n## {title}\n" in markdown
+    linked = [line.split("](")[1].rstrip(")") for line in markdown.splitlines() if "![" in line]
+    assert len(linked) == 11
+    for name in linked:
+        assert (built.parent / name).read_bytes().startswith(b"\x89PNG")
+    assert "http://" not in markdown and "https://" not in markdown
+
+
+def test_sigma2_over_epochs_from_results_json(folders):
+    runs = load_runs([folders / "epoch_200", folders / "epoch_010"])
+    frame = report.sigma2_epochs_table(runs)
+    assert list(frame["epoch"]) == [10, 200]
+    assert list(frame["value"]) == [0.5, 0.25]
+    assert frame["ci_high"].tolist() == pytest.approx([0.55, 0.275])
+    one = report.build(load_runs([folders / "epoch_010"]))
+    assert "Needs network runs at two or more epochs" in one.html
+    assert "figure-sigma2_over_epochs.png" not in one.figures
+
+
+# -------------------------------------------------------------------------------------------
+# tidy conversion against hand-computed values
+
+
+def test_paper_tidy_rows_by_hand(folders):
+    rows = tables.tidy(load_run(folders / "paper"))
+    assert list(rows.columns) == list(TIDY_COLUMNS)
+    vgg = rows[rows["quantity"].str.contains("VGG16")].set_index("check")
+    P, N, B, lam, printed, measured = 15_291_300, 50_000, 128, 10.35, 28.19, 36.09
+    # outlier branch would need t = lam (printed - lam) = 184.644 with threshold 13.59 > lam:
+    # inconsistent; edge branch: 2 sqrt(t) = 28.19 -> t = 14.095^2, threshold 14.095 >= lam.
+    assert math.sqrt(lam * (printed - lam)) > lam
+    t = (printed / 2) ** 2
+    assert t == pytest.approx(198.669025, rel=1e-15)
+    assert vgg.loc["theorem2", "predicted"] == pytest.approx(2 * math.sqrt(t), rel=1e-12)
+    assert vgg.loc["theorem2", "measured"] == 36.09
+    assert vgg.loc["theorem2", "regime"] == "edge"
+    assert math.isnan(vgg.loc["theorem2", "uncertainty"])
+    # no uncertainty printed and 36.09 is outside the edge 28.19: not applicable, reason kept
+    assert vgg.loc["theorem2", "verdict"] == "not applicable"
+    assert "measured larger than predicted" in vgg.loc["theorem2", "quantity"]
+    # Weyl envelope 2 sqrt(t) = 28.19 holds the shift |36.09 - 10.35| = 25.74
+    assert vgg.loc["weyl", "predicted"] == pytest.approx(28.19, rel=1e-12)
+    assert vgg.loc["weyl", "measured"] == pytest.approx(25.74, rel=1e-12)
+    assert vgg.loc["weyl", "verdict"].startswith("agrees")
+    # eq. 7 as printed: t / P = 1.2992e-5, far below 25.74
+    assert vgg.loc["weyl-eq7", "predicted"] == pytest.approx(198.669025 / 15_291_300, rel=1e-12)
+    assert vgg.loc["weyl-eq7", "verdict"].startswith("disagrees")
+    # sigma^2 = t / (P (N - B) / (B N)); the measurement (> 2 lam: edge) needs t = 18.045^2
+    f = (N - B) / (B * N)
+    assert vgg.loc["sigma2", "predicted"] == pytest.approx(t / (P * f), rel=1e-12)
+    assert vgg.loc["sigma2", "measured"] == pytest.approx((measured / 2) ** 2 / (P * f), rel=1e-12)
+
+    resnet = rows[rows["quantity"].str.contains("PreResNet")].set_index("check")
+    # outlier branch: t = 13.38 * (24.41 - 13.38) = 147.5814, threshold 12.148 < 13.38
+    t = 13.38 * (24.41 - 13.38)
+    assert math.sqrt(t) < 13.38
+    assert resnet.loc["theorem2", "predicted"] == pytest.approx(13.38 + t / 13.38, rel=1e-12)
+    assert resnet.loc["theorem2", "regime"] == "outlier"
+    # the measured 20.78 lies inside the edge 2 sqrt(147.5814) = 24.297: Theorem 2 is violated
+    assert 20.78 < 2 * math.sqrt(t)
+    assert resnet.loc["theorem2", "verdict"].startswith("disagrees (inside the edge")
+    assert resnet.loc["weyl", "predicted"] == pytest.approx(2 * math.sqrt(t), rel=1e-12)
+
+
+def test_synthetic_tidy_rows_match_the_run_tables(folders):
+    run = load_run(folders / "synthetic")
+    rows = tables.tidy(run)
+    extremes = pd.read_csv(folders / "synthetic" / "extremes.csv")
+    theorem2 = rows[rows["check"] == "theorem2"]
+    assert len(theorem2) == len(extremes)
+    np.testing.assert_array_equal(theorem2["predicted"], extremes["predicted_mean"])
+    np.testing.assert_array_equal(theorem2["measured"], extremes["measured_mean"])
+    np.testing.assert_array_equal(theorem2["uncertainty"], extremes["measured_se"])
+    assert list(theorem2["verdict"]) == list(extremes["verdict"])
+    # Weyl: fraction of the draws within ||W||_2, counted here from weyl.csv
+    weyl = pd.read_csv(folders / "synthetic" / "weyl.csv")
+    exact = rows[rows["check"] == "weyl"]
+    assert exact["measured"].tolist() == pytest.approx([weyl["exact_holds"].mean()])
+    eq7 = rows[rows["check"] == "weyl-eq7"].iloc[0]
+    assert eq7["measured"] == pytest.approx(weyl["paper_holds"].mean())
+    failed = int((~weyl["paper_holds"]).sum())
+    assert eq7["verdict"] == (
+        f"agrees (all {len(weyl)} draws)"
+        if failed == 0
+        else f"disagrees ({failed} of {len(weyl)} draws exceed eq. 7 (s^2))"
+    )
+    # overlap rows: z rule above threshold, not applicable at the edge
+    overlap = rows[rows["check"] == "overlap"]
+    assert set(overlap.loc[overlap["regime"] == "edge", "verdict"]) == {"not applicable"}
+    outliers = extremes[extremes["regime"] == "outlier"]
+    z = (outliers["overlap_measured"] - outliers["overlap_predicted"]) / outliers["overlap_se"]
+    expected = ["agrees" if abs(v) <= 4.0 else "disagrees" for v in z]
+    assert list(overlap.loc[overlap["regime"] == "outlier", "verdict"]) == expected
+
+
+def test_network_summary_is_read_and_relabelled(tmp_path):
+    folder = write_fake_network(tmp_path / "net", epoch=None, sigma2=1.0)
+    rows = tables.tidy(load_run(folder))
+    assert set(rows["source"]) == {"network: net"}
+    assert rows.set_index("check").loc["noise-edge", "measured"] == 4.5
+    bad = pd.read_csv(folder / "summary.csv")
+    bad.loc[0, "verdict"] = "fine"
+    bad.to_csv(folder / "summary.csv", index=False)
+    with pytest.raises(RunFolderError, match="unknown verdicts"):
+        tables.tidy(load_run(folder))
+
+
+def test_verdict_counts_by_hand():
+    frame = tables.tidy_frame(
+        [
+            {"source": "a", "check": "x", "verdict": "agrees"},
+            {"source": "a", "check": "x", "verdict": "disagrees (by a lot)"},
+            {"source": "a", "check": "y", "verdict": "not applicable"},
+            {"source": "b", "check": "x", "verdict": "agrees"},
+        ]
+    )
+    counts = tables.verdict_counts(frame)
+    assert counts.values.tolist() == [
+        ["a", "x", 1, 1, 0, 2],
+        ["a", "y", 0, 0, 1, 1],
+        ["b", "x", 1, 0, 0, 1],
+    ]
+    assert tables.disagreements(frame)["verdict"].tolist() == ["disagrees (by a lot)"]
+    with pytest.raises(ValueError, match="unknown verdicts"):
+        tables.tidy_frame([{"verdict": "maybe"}])
+
+
+def test_markdown_table_escapes_and_formats():
+    frame = pd.DataFrame(
+        {"name": ["a|b", "<i>x</i>"], "P": [15_291_300, 3], "value": [0.000123456, float("nan")]}
+    )
+    assert markdown_table(frame) == (
+        "| name | P | value |\n"
+        "| --- | ---: | ---: |\n"
+        "| a\\|b | 15,291,300 | 0.0001235 |\n"
+        "| &lt;i>x&lt;/i> | 3 | n/a |\n"
+    )
+    assert tables.csv_text(frame).splitlines()[0] == "name,P,value"
+
+
+def test_html_table_cells_marked_by_verdict():
+    frame = tables.tidy_frame(
+        [{"source": "s", "check": "c", "quantity": "q", "predicted": 1.0, "measured": 2.0,
+          "uncertainty": 0.1, "regime": "edge", "verdict": "disagrees (far)"}]
+    )  # fmt: skip
+    html = report.render_html([report.Table(frame, caption="t", verdict_column="verdict")])
+    assert '<td class="disagrees">disagrees (far)</td>' in html
+    assert '<td class="num">2</td>' in html
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        (lambda p: None, "no such result folder"),
+        (lambda p: p.mkdir(), "no results.json"),
+        (lambda p: (p.mkdir(), (p / "results.json").write_text("{oops")), "corrupt JSON"),
+        (lambda p: (p.mkdir(), (p / "results.json").write_text("[1]")), "expected a JSON object"),
+        (
+            lambda p: (p.mkdir(), (p / "results.json").write_text('{"kind": "train"}')),
+            "unknown kind 'train'",
+        ),
+    ],
+)
+def test_load_run_rejects_bad_folders(tmp_path, setup, message):
+    folder = tmp_path / "run"
+    setup(folder)
+    with pytest.raises(RunFolderError, match=message):
+        load_run(folder)
+
+
+def test_duplicate_folder_names_get_distinct_labels(tmp_path):
+    a = write_fake_network(tmp_path / "a" / "network", epoch=1, sigma2=1.0)
+    b = write_fake_network(tmp_path / "b" / "network", epoch=2, sigma2=1.0)
+    assert [r.label for r in load_runs([a, b])] == ["network: a/network", "network: b/network"]
+
+
+def test_figure_names_stay_distinct_when_labels_slug_alike(tmp_path):
+    a = write_fake_network(tmp_path / "x y", epoch=1, sigma2=1.0)
+    b = write_fake_network(tmp_path / "x_y", epoch=2, sigma2=1.0)
+    built = report.build(load_runs([a, b]))
+    # 4 figures per run plus sigma^2 over epochs, each its own file, each linked once
+    assert len(built.figures) == 9
+    for name in built.figures:
+        assert built.markdown.count(f"]({name})") == 1
