@@ -21,17 +21,33 @@ Residual estimates: the Ritz pair ``(theta_j, y_j = Q_m s_j)`` has ``||A y_j - t
 that distance of ``theta_j`` (Parlett, *The Symmetric Eigenvalue Problem*, Thm 4.5.1).
 
 Default ``steps = 100``, as in the paper, section 4 ("We use m = 100").
+
+Long runs: :func:`lanczos` and :func:`slq` take ``state_dir`` and ``save_every`` and resume from
+the last save after a kill, bit-identically on the CPU (:mod:`nnhessian.checkpoint`). With a
+sharded operator (:mod:`nnhessian.distributed`) the loop runs on every rank with identical
+vectors and only the products are distributed.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from scipy.linalg import eigh_tridiagonal
 from tqdm import tqdm
+
+from nnhessian.checkpoint import (
+    DEFAULT_SAVE_EVERY,
+    RunState,
+    StateCorruptError,
+    check_save_every,
+    config_fingerprint,
+    generator_state_hash,
+    tensor_sha256,
+)
 
 __all__ = [
     "ExtremeEigenvalues",
@@ -47,6 +63,7 @@ __all__ = [
 ]
 
 PAPER_STEPS = 100  # paper, section 4: "We use m = 100 for our Experiments"
+PROBE_DISTRIBUTIONS = ("gaussian", "rademacher")
 
 
 @dataclass(frozen=True)
@@ -143,6 +160,8 @@ def lanczos(
     breakdown_rtol: float | None = None,
     keep_basis: bool = False,
     progress: bool | None = None,
+    state_dir: str | os.PathLike | None = None,
+    save_every: int = DEFAULT_SAVE_EVERY,
 ) -> LanczosResult:
     """Lanczos with full reorthogonalisation on ``op`` (``dim``, ``dtype``, ``device``, ``matvec``).
 
@@ -159,6 +178,19 @@ def lanczos(
 
     ``keep_basis`` returns the ``(m, P)`` Lanczos vectors (for Ritz vectors, see
     :func:`ritz_vectors`); they are stored either way during the run (O(P m) memory).
+
+    Resumable (:mod:`nnhessian.checkpoint`): with ``state_dir`` the basis, coefficients, step
+    index and generator state are saved there every ``save_every`` steps (default 10) and at the
+    end. Called again with the same arguments, the run continues from the last save -- or returns
+    the finished result without a product -- with bit-identical results on the CPU, and leaves
+    ``generator`` where an uninterrupted run leaves it. A state of another configuration
+    (operator, weights, data, steps, start) raises
+    :class:`~nnhessian.checkpoint.StateMismatchError`.
+
+    Distributed (``op.sharding`` set, :mod:`nnhessian.distributed`): every rank runs this loop;
+    the start vector and each new Lanczos vector (with its alpha and beta) are broadcast from
+    rank 0, one P-vector per step beside a full-data product, so the ranks hold identical
+    vectors even where GPU kernels are not bitwise reproducible. Only rank 0 writes the state.
     """
     dim = int(op.dim)
     steps = _check_steps(steps, dim)
@@ -166,10 +198,12 @@ def lanczos(
     eps = float(torch.finfo(dtype).eps)
     if breakdown_rtol is None:
         breakdown_rtol = 10.0 * math.sqrt(dim) * eps
+    g = None
+    q0 = None
     if v0 is None:
         if generator is None:
             raise ValueError("pass generator= (a torch.Generator) or a starting vector v0=")
-        q = random_unit_vector(dim, generator=generator, dtype=dtype, device=device)
+        g = _generator(generator)
     else:
         v0 = torch.as_tensor(v0)
         if v0.ndim != 1 or v0.shape[0] != dim:
@@ -178,48 +212,168 @@ def lanczos(
         nrm = float(torch.linalg.vector_norm(v0))
         if not np.isfinite(nrm) or nrm == 0.0:
             raise ValueError("v0 must be finite and nonzero")
-        q = (v0 / nrm).to(dtype)
+        q0 = (v0 / nrm).to(dtype)
 
-    Q = torch.empty((steps, dim), dtype=dtype, device=device)
-    alpha = np.zeros(steps)
-    beta = np.zeros(steps)  # beta[j] couples q_j and q_{j+1}; beta[m-1] is beta_m
-    anorm = 0.0
-    breakdown = False
-    m = 0
-    bar = tqdm(
-        range(steps),
-        desc="Lanczos",
-        leave=False,
-        disable=(not progress) if progress is not None else None,
-    )
-    for j in bar:
-        Q[j] = q
-        w = op.matvec(q)
+    run = _LanczosRun(op, steps, float(breakdown_rtol))
+    store = payload = basis = None
+    if state_dir is not None:
+        check_save_every(save_every)
+        start = {"generator": generator_state_hash(g)} if g is not None else {}
+        if q0 is not None:
+            start["v0_sha256"] = tensor_sha256(q0)
+        fp = config_fingerprint(
+            "lanczos", op, steps=steps, breakdown_rtol=float(breakdown_rtol), **start
+        )
+        store = RunState(state_dir, fp, sharding=run.sharding)
+        payload, basis = store.load()
+    if payload is not None:
+        gen_after = payload["generator_after"]
+        if g is not None:
+            g.set_state(gen_after)
+        run.restore(payload["lanczos"], basis)
+    else:
+        if q0 is None:
+            q0 = random_unit_vector(dim, generator=g, dtype=dtype, device=device)
+        gen_after = g.get_state() if g is not None else None
+        run.start(q0)
+    checkpoint = None
+    if store is not None:
+        checkpoint = _Checkpoint(
+            store,
+            "run",
+            lambda r: {"generator_after": gen_after, "lanczos": r.state()},
+            save_every,
+            keep_final_basis=True,
+        )
+    run.run(progress=progress, checkpoint=checkpoint, desc="Lanczos")
+    return run.result(keep_basis=keep_basis)
+
+
+class _LanczosRun:
+    """One Lanczos run: basis, coefficients and step index; steps; (de)serialisation."""
+
+    def __init__(self, op, steps: int, breakdown_rtol: float) -> None:
+        self.op = op
+        self.dim = int(op.dim)
+        self.steps = steps
+        self.breakdown_rtol = breakdown_rtol
+        self.sharding = getattr(op, "sharding", None)
+        self.Q = torch.empty((steps, self.dim), dtype=op.dtype, device=op.device)
+        self.alpha = np.zeros(steps)
+        self.beta = np.zeros(steps)  # beta[j] couples q_j and q_{j+1}; beta[m-1] is beta_m
+        self.m = 0  # completed steps
+        self.rows = 0  # basis rows filled: m + 1 while running (the next vector), m when done
+        self.anorm = 0.0
+        self.breakdown = False
+        self.saved_rows = 0  # rows already in basis segments on disk
+        self.segments: list[str] = []
+
+    @property
+    def done(self) -> bool:
+        return self.breakdown or self.m == self.steps
+
+    def start(self, q: torch.Tensor) -> None:
+        if self.sharding is not None:
+            q = q.clone()
+            self.sharding.broadcast_(q)
+        self.Q[0] = q
+        self.rows = 1
+
+    def step(self) -> None:
+        j, Q, dim = self.m, self.Q, self.dim
+        q = Q[j]
+        w = self.op.matvec(q)
         if w.shape != (dim,):
             raise ValueError(f"op.matvec returned shape {tuple(w.shape)}, expected ({dim},)")
-        w = w.to(dtype)
+        w = w.to(Q.dtype)
         if j > 0:
-            w.sub_(Q[j - 1], alpha=beta[j - 1])
+            w.sub_(Q[j - 1], alpha=self.beta[j - 1])
         a = float(torch.dot(q, w))
         w.sub_(q, alpha=a)
         basis = Q[: j + 1]
         for _ in range(2):  # classical Gram-Schmidt, twice is enough
             w.sub_(basis.T @ (basis @ w))
         b = float(torch.linalg.vector_norm(w))
+        if self.sharding is not None:  # rank 0's vector and coefficients everywhere
+            ab = torch.tensor([a, b], dtype=torch.float64, device=w.device)
+            self.sharding.broadcast_(w)
+            self.sharding.broadcast_(ab)
+            a, b = (float(x) for x in ab.tolist())
         if not (np.isfinite(a) and np.isfinite(b)):
             raise ValueError(f"Lanczos step {j + 1}: non-finite alpha/beta ({a}, {b})")
-        alpha[j] = a
-        beta[j] = b
-        anorm = max(anorm, abs(a) + b + (beta[j - 1] if j > 0 else 0.0))
-        m = j + 1
-        if b <= breakdown_rtol * anorm:
-            breakdown = True
-            break
-        if j + 1 < steps:
-            q = w / b
-    bar.close()
+        self.alpha[j] = a
+        self.beta[j] = b
+        self.anorm = max(self.anorm, abs(a) + b + (self.beta[j - 1] if j > 0 else 0.0))
+        self.m = j + 1
+        self.rows = self.m
+        if b <= self.breakdown_rtol * self.anorm:
+            self.breakdown = True
+        elif self.m < self.steps:
+            Q[self.m] = w / b
+            self.rows = self.m + 1
 
-    alpha = alpha[:m].copy()
+    def run(self, *, progress, checkpoint, desc: str) -> None:
+        bar = tqdm(
+            total=self.steps,
+            initial=self.m,
+            desc=desc,
+            leave=False,
+            disable=(not progress) if progress is not None else None,
+        )
+        while not self.done:
+            self.step()
+            bar.update(1)
+            if checkpoint is not None and (self.done or self.m % checkpoint.every == 0):
+                checkpoint(self)
+        bar.close()
+
+    # -- state ------------------------------------------------------------------------------
+    def state(self) -> dict:
+        m = self.m
+        return {
+            "m": m,
+            "rows": self.rows,
+            "alpha": torch.from_numpy(self.alpha[:m].copy()),
+            "beta": torch.from_numpy(self.beta[:m].copy()),
+            "anorm": float(self.anorm),
+            "breakdown": bool(self.breakdown),
+            "segments": list(self.segments),
+        }
+
+    def restore(self, state: dict, basis: torch.Tensor | None) -> None:
+        m, rows = int(state["m"]), int(state["rows"])
+        if not (0 <= m <= self.steps and rows in (m, m + 1) and 1 <= rows <= self.steps):
+            raise StateCorruptError(f"inconsistent Lanczos state: m = {m}, rows = {rows}")
+        if basis is None or tuple(basis.shape) != (rows, self.dim):
+            got = None if basis is None else tuple(basis.shape)
+            raise StateCorruptError(
+                f"the saved Lanczos basis has shape {got}, expected ({rows}, {self.dim})"
+            )
+        self.Q[:rows] = basis.to(device=self.Q.device, dtype=self.Q.dtype)
+        self.alpha[:m] = state["alpha"].numpy()
+        self.beta[:m] = state["beta"].numpy()
+        self.m, self.rows = m, rows
+        self.anorm = float(state["anorm"])
+        self.breakdown = bool(state["breakdown"])
+        self.saved_rows = rows
+        self.segments = list(state["segments"])
+
+    def result(self, *, keep_basis: bool) -> LanczosResult:
+        return _make_result(
+            self.alpha,
+            self.beta,
+            self.m,
+            steps=self.steps,
+            breakdown=self.breakdown,
+            breakdown_rtol=self.breakdown_rtol,
+            dim=self.dim,
+            basis=self.Q[: self.m] if keep_basis else None,
+        )
+
+
+def _make_result(alpha, beta, m, *, steps, breakdown, breakdown_rtol, dim, basis) -> LanczosResult:
+    alpha = np.asarray(alpha, dtype=np.float64)[:m].copy()
+    beta = np.asarray(beta, dtype=np.float64)
     beta_last = float(beta[m - 1])
     beta = beta[: m - 1].copy()
     theta, weights, last = gauss_quadrature(alpha, beta)
@@ -236,8 +390,47 @@ def lanczos(
         breakdown=breakdown,
         breakdown_rtol=float(breakdown_rtol),
         dim=dim,
-        basis=Q[:m] if keep_basis else None,
+        basis=basis,
     )
+
+
+def _result_from_state(state: dict, *, steps, breakdown_rtol, dim) -> LanczosResult:
+    m = int(state["m"])
+    return _make_result(
+        state["alpha"].numpy(),
+        state["beta"].numpy(),
+        m,
+        steps=steps,
+        breakdown=bool(state["breakdown"]),
+        breakdown_rtol=breakdown_rtol,
+        dim=dim,
+        basis=None,
+    )
+
+
+class _Checkpoint:
+    """Saves a run: appends its new basis rows as a segment, then replaces the state file.
+
+    ``wrap(run)`` builds the payload; at the end of the run the basis is written only with
+    ``keep_final_basis`` (a finished SLQ probe needs only its coefficients).
+    """
+
+    def __init__(self, store: RunState, tag: str, wrap, every: int, *, keep_final_basis: bool):
+        self.store = store
+        self.tag = tag
+        self.wrap = wrap
+        self.every = every
+        self.keep_final_basis = keep_final_basis
+
+    def __call__(self, run: _LanczosRun) -> None:
+        keep = self.keep_final_basis or not run.done
+        if keep and run.rows > run.saved_rows:
+            name = self.store.write_segment(
+                self.tag, run.saved_rows, run.Q[run.saved_rows : run.rows]
+            )
+            run.segments.append(name)
+            run.saved_rows = run.rows
+        self.store.save(self.wrap(run), basis=run.segments if keep else [])
 
 
 def ritz_vectors(result: LanczosResult, indices=None) -> torch.Tensor:
@@ -290,6 +483,8 @@ def slq(
     generator,
     distribution: str = "gaussian",
     progress: bool | None = None,
+    state_dir: str | os.PathLike | None = None,
+    save_every: int = DEFAULT_SAVE_EVERY,
 ) -> SLQResult:
     """Stochastic Lanczos quadrature: ``probes`` independent Lanczos runs of ``steps`` steps.
 
@@ -297,22 +492,76 @@ def slq(
     where ``seeds`` are drawn from ``generator``; 5 probes by default (more probes lower the
     variance of density and moment estimates as 1/probes; more steps lower the quadrature bias).
     Smoothing is left to :func:`smooth_density` so re-smoothing never repeats an HVP.
+
+    Resumable with ``state_dir`` / ``save_every`` as :func:`lanczos`: the state holds the seeds,
+    the generator state after drawing them, the coefficients of every finished probe and the
+    basis of the probe in progress (saved every ``save_every`` steps and when a probe ends).
+    Distributed operators as in :func:`lanczos`.
     """
     if isinstance(probes, bool) or not isinstance(probes, int) or probes < 1:
         raise ValueError(f"probes must be an integer >= 1, got {probes!r}")
     steps = _check_steps(steps, int(op.dim))
-    g = _generator(generator)
-    seeds = tuple(int(s) for s in torch.randint(0, 2**62, (probes,), generator=g))
-    runs = []
-    for seed in seeds:
-        v0 = random_unit_vector(
-            op.dim,
-            generator=torch.Generator().manual_seed(seed),
-            distribution=distribution,
-            dtype=op.dtype,
-            device=op.device,
+    if distribution not in PROBE_DISTRIBUTIONS:
+        raise ValueError(
+            f"unknown probe distribution {distribution!r}; accepted: "
+            + ", ".join(PROBE_DISTRIBUTIONS)
         )
-        runs.append(lanczos(op, steps, v0=v0, progress=progress))
+    g = _generator(generator)
+    dim = int(op.dim)
+    rtol = 10.0 * math.sqrt(dim) * float(torch.finfo(op.dtype).eps)
+    store = payload = basis = None
+    if state_dir is not None:
+        check_save_every(save_every)
+        fp = config_fingerprint(
+            "slq",
+            op,
+            steps=steps,
+            probes=probes,
+            distribution=distribution,
+            breakdown_rtol=rtol,
+            generator=generator_state_hash(g),
+        )
+        store = RunState(state_dir, fp, sharding=getattr(op, "sharding", None))
+        payload, basis = store.load()
+    if payload is not None:
+        seeds = tuple(int(s) for s in payload["seeds"])
+        g.set_state(payload["generator_after"])
+        finished = list(payload["probes"])
+        current = payload["current"]
+    else:
+        seeds = tuple(int(s) for s in torch.randint(0, 2**62, (probes,), generator=g))
+        finished, current = [], None
+    gen_after = g.get_state()
+    runs = [_result_from_state(s, steps=steps, breakdown_rtol=rtol, dim=dim) for s in finished]
+    for p in range(len(finished), probes):
+        run = _LanczosRun(op, steps, rtol)
+        if current is not None:
+            run.restore(current, basis)
+            current = None
+        else:
+            v0 = random_unit_vector(
+                dim,
+                generator=torch.Generator().manual_seed(seeds[p]),
+                distribution=distribution,
+                dtype=op.dtype,
+                device=op.device,
+            )
+            run.start(v0)
+        checkpoint = None
+        if store is not None:
+
+            def wrap(r, finished=finished):
+                return {
+                    "seeds": list(seeds),
+                    "generator_after": gen_after,
+                    "probes": finished + ([r.state()] if r.done else []),
+                    "current": None if r.done else r.state(),
+                }
+
+            checkpoint = _Checkpoint(store, f"p{p:05d}", wrap, save_every, keep_final_basis=False)
+        run.run(progress=progress, checkpoint=checkpoint, desc=f"Lanczos probe {p + 1}/{probes}")
+        finished.append(run.state())
+        runs.append(run.result(keep_basis=False))
     nodes = np.full((probes, steps), np.nan)
     weights = np.zeros((probes, steps))
     resid = np.full((probes, steps), np.nan)
@@ -330,7 +579,7 @@ def slq(
         probes=probes,
         distribution=distribution,
         seeds=seeds,
-        dim=int(op.dim),
+        dim=dim,
         runs=tuple(runs),
     )
 

@@ -60,7 +60,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from nnhessian.data import BatchSource, DeterminismError, InMemoryDataset, data_pass
+from nnhessian.data import BatchSource, DeterminismError, InMemoryDataset, PassResult, data_pass
 
 __all__ = [
     "HessianOperator",
@@ -197,6 +197,16 @@ def _fixed_vector(dim: int, dtype, device) -> torch.Tensor:
     k = torch.arange(dim, dtype=torch.float64)
     v = torch.cos(0.7071 * k + 0.3) + 0.05 * torch.sin(0.0137 * k * k)
     return (v / torch.linalg.vector_norm(v)).to(device=device, dtype=dtype)
+
+
+def reduce_pass(source: BatchSource, res: PassResult) -> PassResult:
+    """Hook for sharded sources (:mod:`nnhessian.distributed`): all-reduce a pass's sums.
+
+    A source with a ``sharding`` attribute holds only this process's batches; its
+    ``reduce_pass`` sums ``res.sums`` and the counts over the process group. Others pass through.
+    """
+    sharding = getattr(source, "sharding", None)
+    return res if sharding is None else sharding.reduce_pass(res)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -355,7 +365,7 @@ class _Engine:
             return vec * n, loss.reshape(1).to(torch.float64) * n
 
         with _policy_mode(self.model, self.policy):
-            res = data_pass(weighted, source, progress=progress, desc=desc)
+            res = reduce_pass(source, data_pass(weighted, source, progress=progress, desc=desc))
         if source.num_samples is not None and res.count != source.num_samples:
             raise DeterminismError(
                 f"data source ({source.description}) yielded {res.count} samples, expected "
@@ -658,6 +668,16 @@ class HessianOperator:
         return self._engine.model
 
     @property
+    def sharding(self):
+        """The :class:`nnhessian.distributed.Sharding` of the full-data term, or None.
+
+        Set when the full data set is sharded over a process group; operators derived with
+        :meth:`batch_operator` / :meth:`noise_operator` share it (Lanczos then keeps their vectors
+        identical on every rank).
+        """
+        return getattr(self._full_source, "sharding", None)
+
+    @property
     def num_samples(self) -> int | None:
         """N of the full-data term (None for a loader before its first pass)."""
         src = self._full_source if self._full_source is not None else self._terms[0][1]
@@ -877,7 +897,10 @@ class PerSampleHessians:
             return (total,)
 
         with _policy_mode(self._engine.model, self._engine.policy):
-            res = data_pass(fn, self._source, progress=self.progress, desc="per-sample HVPs")
+            res = reduce_pass(
+                self._source,
+                data_pass(fn, self._source, progress=self.progress, desc="per-sample HVPs"),
+            )
         value = float(res.sums[0].item())
         if not np.isfinite(value):
             raise ValueError("per-sample Hessian-vector products are not finite")

@@ -44,6 +44,15 @@ Write ``a_i = (H_i - H_emp) v`` (so ``sum_i a_i = 0``) and ``S = (1/N) sum_i ||a
    Value ``||D||^2 / (g P^2)``: unbiased, and needs no full-data pass (2B samples per probe).
    Using the naive "twice the noise", ``2 f``, would overestimate by the factor ``N / (N - B)``.
 
+Long runs: every estimator takes ``state_dir`` and ``save_every`` (probes between saves, default
+1): the seeds, the caller's generator state and the finished probes' values are saved there
+(:class:`nnhessian.checkpoint.ProbeLoop`), and a killed run started again with the same arguments
+skips the finished probes and returns bit-identical values on the CPU.
+
+Distributed (:mod:`nnhessian.distributed`): with a sharded full-data operator the full-data and
+per-sample passes run over each rank's shard and all-reduce their sums; the partition pass
+splits the K + 1 index batches of each probe's partition contiguously over the ranks.
+
 Scope: the estimators need ``H_b = mean_{i in b} H_i``, i.e. a loss that is a sum of per-sample
 terms: BatchNorm under policy "batch-stats" is refused.
 """
@@ -57,6 +66,7 @@ import scipy.stats
 import torch
 from tqdm import tqdm
 
+from nnhessian.checkpoint import ProbeLoop
 from nnhessian.data import BatchSource, data_pass
 from nnhessian.operators import HessianOperator, _policy_mode, has_batchnorm
 from rmt.theory import exact_factor
@@ -161,14 +171,32 @@ def draw_partition(
     return list(perm[: K * B].view(K, B)), perm[K * B :]
 
 
-def _probe_seeds(probes, generator) -> tuple[int, ...]:
+def _check_probes(probes, generator) -> None:
     if isinstance(probes, bool) or not isinstance(probes, int) or probes < 2:
         raise ValueError(
             f"probes must be an integer >= 2 (a confidence interval needs two), got {probes!r}"
         )
     if not isinstance(generator, torch.Generator):
         raise TypeError("generator must be a torch.Generator (randomness is an explicit argument)")
+
+
+def _probe_seeds(probes, generator) -> tuple[int, ...]:
+    _check_probes(probes, generator)
     return tuple(int(s) for s in torch.randint(0, 2**62, (probes,), generator=generator))
+
+
+def _probe_loop(op, kind, probes, generator, state_dir, save_every, **settings) -> ProbeLoop:
+    """The probe seeds drawn from ``generator`` -- or the saved run's, resumed from state_dir."""
+    _check_probes(probes, generator)
+    return ProbeLoop(
+        state_dir,
+        kind=kind,
+        op=op,
+        generator=generator,
+        draw_seeds=lambda: _probe_seeds(probes, generator),
+        settings={"probes": probes, **settings},
+        save_every=save_every,
+    )
 
 
 def _check_op(op: HessianOperator, *, in_memory: bool) -> None:
@@ -204,6 +232,13 @@ def _summarise(values, *, confidence, **fields) -> Sigma2Estimate:
     )
 
 
+def _check_distribution(distribution) -> None:
+    if distribution not in ("gaussian", "rademacher"):
+        raise ValueError(
+            f"unknown probe distribution {distribution!r}; accepted: gaussian, rademacher"
+        )
+
+
 def _check_confidence(confidence):
     if not (0 < confidence < 1):
         raise ValueError(f"confidence must lie in (0, 1), got {confidence!r}")
@@ -218,6 +253,8 @@ def sigma2_per_sample(
     chunk_size: int = 64,
     confidence: float = 0.95,
     progress: bool | None = None,
+    state_dir=None,
+    save_every: int = 1,
 ) -> Sigma2Estimate:
     """Per-sample estimator: probe value ``(1/(N P^2)) sum_i ||(H_i - H_emp) v||^2``; unbiased.
 
@@ -227,14 +264,18 @@ def sigma2_per_sample(
     """
     _check_op(op, in_memory=False)
     _check_confidence(confidence)
-    seeds = _probe_seeds(probes, generator)
+    _check_distribution(distribution)
+    loop = _probe_loop(
+        op, "sigma2-per-sample", probes, generator, state_dir, save_every, distribution=distribution
+    )
+    seeds = loop.seeds
     ps = op.per_sample(chunk_size=chunk_size)
     P = op.dim
-    values = []
-    N = None
-    for seed in tqdm(
-        seeds,
+    for _, seed in tqdm(
+        loop.pending(),
         desc="sigma^2 per-sample probes",
+        total=probes,
+        initial=loop.resumed,
         leave=False,
         disable=(not progress) if progress is not None else None,
     ):
@@ -247,7 +288,9 @@ def sigma2_per_sample(
         )
         center = op.matvec(v)
         total, N = ps.squared_deviation_sum(v, center)
-        values.append(total / (N * P * P))
+        loop.record(total / (N * P * P), N=N)
+    values = loop.values
+    N = loop.extra["N"]
     return _summarise(
         values,
         confidence=confidence,
@@ -270,6 +313,8 @@ def sigma2_partition(
     distribution: str = "gaussian",
     confidence: float = 0.95,
     progress: bool | None = None,
+    state_dir=None,
+    save_every: int = 1,
 ) -> Sigma2Estimate:
     """Partition estimator: ``mean_b ||(H_b - H_emp) v||^2 / (f P^2)``, f = (N-B)/(B(N-1)).
 
@@ -286,21 +331,34 @@ def sigma2_partition(
             f"the partition estimator needs at least two batches: N = {N} < 2 B = {2 * batch_size}"
         )
     f = finite_population_factor(N, batch_size)
-    seeds = _probe_seeds(probes, generator)
+    _check_distribution(distribution)
+    loop = _probe_loop(
+        op,
+        "sigma2-partition",
+        probes,
+        generator,
+        state_dir,
+        save_every,
+        distribution=distribution,
+        batch_size=batch_size,
+    )
+    seeds = loop.seeds
     engine = op._engine
     P = op.dim
-    values = []
-    for seed in tqdm(
-        seeds,
+    for _, seed in tqdm(
+        loop.pending(),
         desc="sigma^2 partition probes",
+        total=probes,
+        initial=loop.resumed,
         leave=False,
         disable=(not progress) if progress is not None else None,
     ):
         g = torch.Generator().manual_seed(seed)
         v = draw_probe(P, generator=g, distribution=distribution, dtype=op.dtype, device=op.device)
         batches, leftover = draw_partition(N, batch_size, generator=g)
-        raw = _partition_raw(engine, op.dataset, v, batches, leftover, progress)
-        values.append(raw / (f * P * P))
+        raw = _partition_raw(engine, op.dataset, v, batches, leftover, progress, op.sharding)
+        loop.record(raw / (f * P * P))
+    values = loop.values
     return _summarise(
         values,
         confidence=confidence,
@@ -314,17 +372,22 @@ def sigma2_partition(
     )
 
 
-def _partition_raw(engine, dataset, v, batches, leftover, progress) -> float:
+def _partition_raw(engine, dataset, v, batches, leftover, progress, sharding=None) -> float:
     """``(1/K) sum_b ||x_b - c||^2`` with ``x_b = H_b v``, ``c = H_emp v``, in one pass.
 
     Shifted sums (shift ``s = x_1``, computed first): ``S1 = sum_b (x_b - s)``, ``S2 = sum_b ||x_b
     - s||^2`` and ``W = sum_b n_b x_b`` (left-over included), all in float64; then with
     ``d = W/N - s``: ``sum_b ||x_b - c||^2 = S2 - 2 <d, S1> + K ||d||^2``.
+
+    With ``sharding`` each rank evaluates a contiguous block of the K + 1 index batches (the
+    shift on every rank) and the three sums and the count are all-reduced.
     """
     vd = engine.unflatten(v)
     B = int(batches[0].numel())
     K = len(batches)
     index_batches = list(batches) + ([leftover] if leftover.numel() else [])
+    if sharding is not None:
+        index_batches = sharding.split(index_batches, what="partition batches")
     source = BatchSource.from_indices(
         dataset, index_batches, device=engine.device, dtype=engine.dtype
     )
@@ -344,6 +407,8 @@ def _partition_raw(engine, dataset, v, batches, leftover, progress) -> float:
             return x * n, torch.zeros_like(x), torch.zeros((), dtype=torch.float64, device=x.device)
 
         res = data_pass(fn, source, progress=progress, desc="partition batch HVPs")
+    if sharding is not None:
+        res = sharding.reduce_pass(res)
     W, S1, S2 = res.sums
     d = W / res.count - shift
     total = float(S2 - 2 * torch.dot(d, S1) + K * torch.dot(d, d))
@@ -361,6 +426,8 @@ def sigma2_two_batch(
     distribution: str = "gaussian",
     confidence: float = 0.95,
     progress: bool | None = None,
+    state_dir=None,
+    save_every: int = 1,
 ) -> Sigma2Estimate:
     """Two-disjoint-batch estimator: ``||(H_b1 - H_b2) v||^2 / (g P^2)``, g = 2N/(B(N-1)).
 
@@ -371,13 +438,25 @@ def sigma2_two_batch(
     _check_confidence(confidence)
     N = len(op.dataset)
     g_factor = two_batch_factor(N, batch_size)
-    seeds = _probe_seeds(probes, generator)
+    _check_distribution(distribution)
+    loop = _probe_loop(
+        op,
+        "sigma2-two-batch",
+        probes,
+        generator,
+        state_dir,
+        save_every,
+        distribution=distribution,
+        batch_size=batch_size,
+    )
+    seeds = loop.seeds
     engine = op._engine
     P = op.dim
-    values = []
-    for seed in tqdm(
-        seeds,
+    for _, seed in tqdm(
+        loop.pending(),
         desc="sigma^2 two-batch probes",
+        total=probes,
+        initial=loop.resumed,
         leave=False,
         disable=(not progress) if progress is not None else None,
     ):
@@ -402,7 +481,8 @@ def sigma2_two_batch(
         raw = float(torch.dot(diff, diff))
         if not np.isfinite(raw):
             raise ValueError("batch Hessian-vector products are not finite")
-        values.append(raw / (g_factor * P * P))
+        loop.record(raw / (g_factor * P * P))
+    values = loop.values
     return _summarise(
         values,
         confidence=confidence,

@@ -149,3 +149,67 @@ LANCZOS_RESIDUAL_ATOL = 10.0
 # are >= 1/100 of ||H_i v|| on these problems, and squaring doubles it: ~ 1e3 * 100 * 2 eps =
 # 4e-11 (observed 3e-16); 1e-10 still rejects a wrong factor (>= 1/(N-1) = 9% relative).
 SIGMA2_PROBE_RTOL64 = 1e-10
+
+# ---- nnhessian.models zoo / nnhessian.cifar / validation.train --------------------------------
+# Normalisation (x / 255 - mean) / std in float32 against float64: pixel/255 <= 1 and the mean
+# each carry <= eps32/2 (mean and std rounded to float32 too), the division by std >= 0.256
+# multiplies the absolute error by <= 3.9 and adds eps32/2 of |z| <= 3.9: in all
+# <= (0.5 + 0.5 + 0.5) * 3.9 eps32 + 0.5 * 3.9 eps32 + 3.9 * 0.5 eps32 (std rounding) ~ 10 eps32.
+CIFAR_NORMALIZE_ATOL32 = 16 * EPS32
+# He initialisation: the sample standard deviation of n i.i.d. N(0, s^2) draws has standard
+# error s / sqrt(2 n); the test asserts |std_hat / s - 1| <= Z_STAT / sqrt(2 n) (and the same for
+# the uniform bound of linear layers via the variance bound^2 / 3, se of the variance
+# estimate sqrt(4/5 / n) relative for a uniform law).
+# Resumed training: bit-identical on the CPU (same operations in the same order on the same
+# threads): equality with tolerance 0, torch.equal on every tensor.
+TRAIN_RESUME_ATOL = 0.0
+
+# ---- nnhessian.checkpoint / nnhessian.distributed -------------------------------------------
+# Resumed Lanczos, SLQ and sigma^2 runs: bit-identical on the CPU (every operation after a resume
+# sees the same inputs in the same order on the same threads as in the uninterrupted run; the
+# state stores float64/float32 tensors and Python floats losslessly): np.array_equal, tolerance 0.
+RESUME_ATOL = 0.0
+
+
+def reassociation_atol(abs_term_sum, num_terms: int, count: int, result):
+    """Elementwise bound between two summation orders of the same terms t_b, then / count.
+
+    Sharded passes sum the same per-batch terms t_b = n_b H_b v (bitwise the same on every
+    layout) in another order: per-rank partial sums, then an all-reduce. Any order of n terms has
+    error <= (n - 1) u sum_b |t_b| (Higham 2002, eq. 4.4; u = eps/2), so two orders differ by <=
+    (n - 1) eps sum_b |t_b|; the division by N rounds each once more (<= eps |result|).
+    """
+    return (num_terms - 1) * EPS64 * abs_term_sum / count + EPS64 * abs(result)
+
+
+def lanczos_reorder_atol(norm: float, P: int) -> float:
+    """Ritz values of two float64 Lanczos runs whose products differ only by summation order.
+
+    Run to breakdown/steps = dim, each run's Ritz values are eigenvalues of the operator up to the
+    backward error eig_atol(||A||, P) (as in the steps = dim tests), so two runs differ by <= 2
+    eig_atol (Weyl). For m < dim each T_m is the exact projection for an operator perturbed by the
+    same backward error and we allow the same 2 eig_atol = 20 P eps ||A|| (observed <= 6 eps ||A||
+    at P = 39, m = 20); a lost or doubled shard moves Ritz values by O(||A|| / world size).
+    """
+    return 2.0 * eig_atol(norm, P)
+
+
+# ---- validation.network (tests/test_cli_network.py) -------------------------------------------
+
+
+def network_eig_atol(norm: float, P: int) -> float:
+    """|Lanczos extreme (steps = P, from the HVP operators) - eigvalsh of an independent dense
+    Hessian (torch.func.hessian)|, float64. Three contributions, each a Weyl shift:
+    Lanczos with full reorthogonalisation, T_P = Q^T A Q + E with ||E|| ~ sqrt(P) eps ||A||
+    (LANCZOS_MOMENT_RTOL64's derivation); the two Hessians differ column by column by the HVP
+    forward error <= 1e3 eps ||H|| (HVP_RTOL64's derivation), so ||dH||_2 <= ||dH||_F <=
+    1e3 sqrt(P) eps ||H||; the dense eigensolver's backward error 10 P eps ||H|| (eig_atol).
+    At P = 160: 1.4e4 eps ||H|| = 3e-12 ||H||; any wrong term (a missing sample, a wrong batch
+    weight) moves an extreme eigenvalue by O(1/N) relative, 1e9 times more."""
+    return (np.sqrt(P) + 1e3 * np.sqrt(P) + 10.0 * P) * EPS64 * norm
+
+
+# Gauss weights of one Lanczos run are the squared first components of an orthogonal matrix
+# (eigenvectors of T_m, computed by LAPACK to O(m eps) orthogonality): they sum to 1 within
+# m eps; m <= 200 here: 1e3 eps.
+NETWORK_WEIGHT_SUM_ATOL = 1e3 * EPS64

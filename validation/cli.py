@@ -20,7 +20,11 @@ EXIT_USAGE = 2
 # subparser, with ``set_defaults(command_module=__name__)`` implied by the registry) and
 # ``command(args, started) -> int``. Their top level imports neither torch nor matplotlib, so
 # building the parser stays fast.
-SUBCOMMAND_MODULES: tuple[str, ...] = ()
+SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "validation.report",
+    "validation.train",
+    "validation.network",
+)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,0 +1,380 @@
+"""End-to-end: ``python -m validation network`` at toy size against exact references.
+
+The toy run: a 64-2-10 tanh MLP (P = 160) on the first 120 digits, weights from a checkpoint
+written here, Lanczos steps capped at P (so every extreme is exact), batches B = 8 and 30. The
+references never use the files' own numbers: dense Hessians of the checkpoint's weights by
+``torch.func.hessian`` (tests/test_nnhessian_reference.py), exact sigma^2 from dense per-sample
+Hessians, Theorem 2 and the free convolution recomputed from ``rmt``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from nnhessian.data import load_digits
+from nnhessian.models import build
+from rmt import theory
+from rmt.freeconv import free_convolution_density
+from tests.test_nnhessian_reference import (  # noqa: F401 (single_thread: autouse fixture)
+    dense_hessian,
+    dense_per_sample_hessians,
+    single_thread,
+)
+from tests.tolerances import (
+    NETWORK_WEIGHT_SUM_ATOL,
+    THEORY_RTOL,
+    Z_STAT,
+    freeconv_density_atol,
+    network_eig_atol,
+)
+from validation import network
+from validation.cli import main
+from validation.schema import TIDY_COLUMNS, VERDICTS
+from validation.synthetic import wasserstein1_to_density
+
+N_TOY, WIDTH, SIZES = 120, 2, (8, 30)
+FILES = {
+    "results.json", "summary.csv", "ritz.csv", "density.csv", "sigma2.csv", "sweep.csv",
+    "ritz_full_vs_batch.png", "density.png", "noise_spectrum.png", "batch_sweep.png",
+}  # fmt: skip
+
+
+def toy_model(hidden=WIDTH, seed=3):
+    return build(
+        "mlp", 10, in_features=64, hidden=(hidden,), generator=torch.Generator().manual_seed(seed)
+    )
+
+
+def toy_args(out, checkpoint, *extra):
+    return [
+        "network",
+        "--samples", str(N_TOY),
+        "--width", str(WIDTH),
+        "--checkpoint", str(checkpoint),
+        "--batch-sizes", *map(str, SIZES),
+        "--steps", "500",  # capped at P = 160: Lanczos runs to the full dimension
+        "--probes", "3",
+        "--sigma2-probes", "8",
+        "--out", str(out),
+        "--quiet",
+        *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "mlp.pt"
+    model = toy_model()
+    torch.save({"state_dict": model.state_dict(), "epoch": 7}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory, checkpoint):
+    out = tmp_path_factory.mktemp("net") / "network"
+    assert main(toy_args(out, checkpoint)) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def exact(toy_run):
+    """Dense reference Hessians of the checkpoint's weights, independent of the run."""
+    results = json.loads((toy_run / "results.json").read_text())
+    data = load_digits(images=True, dtype=torch.float64)
+    X, y = data.X[:N_TOY], data.y[:N_TOY]
+    model = toy_model()
+    H = dense_hessian(model, [(X, y)], [1.0])
+    per_sample = dense_per_sample_hessians(model, X, y)
+    D = per_sample - per_sample.mean(0)
+    P = H.shape[0]
+    batches = {}
+    for B in SIZES:
+        idx = torch.as_tensor(results["batch_indices"][str(B)])
+        batches[B] = dense_hessian(model, [(X[idx], y[idx])], [1.0])
+    return {
+        "H": H,
+        "batches": batches,
+        "sigma2": float((D**2).sum()) / (N_TOY * P * P),
+        "results": results,
+    }
+
+
+def test_files_schema_and_provenance(toy_run):
+    assert {p.name for p in toy_run.iterdir()} == FILES
+    results = json.loads((toy_run / "results.json").read_text())
+    assert set(results["files"]) == FILES
+    assert results["kind"] == "network"
+    for key in ("config", "versions", "git", "device", "started_utc", "wall_seconds"):
+        assert key in results["provenance"]
+    assert results["provenance"]["config"]["batch_sizes"] == list(SIZES)
+    assert (results["model"], results["data"], results["P"], results["N"]) == (
+        "mlp",
+        "digits",
+        64 * WIDTH + WIDTH + WIDTH * 10 + 10,
+        N_TOY,
+    )
+    assert results["epoch"] == 7
+    assert results["batch_sizes"] == list(SIZES)
+    assert results["steps"] == results["P"]
+    assert any("capped at P" in note for note in results["notes"])
+    assert set(results["sigma2"]) == {"per-sample", "partition", "two-batch"}
+    sigma2_csv = pd.read_csv(toy_run / "sigma2.csv")
+    assert list(sigma2_csv.columns) == ["estimator", "value", "ci_low", "ci_high", "probes"]
+    for row in sigma2_csv.itertuples():
+        stored = results["sigma2"][row.estimator]
+        assert set(stored) == {"value", "ci_low", "ci_high", "probes"}
+        assert (row.value, row.ci_low, row.ci_high, row.probes) == (
+            stored["value"],
+            stored["ci_low"],
+            stored["ci_high"],
+            8,
+        )
+        assert row.ci_low < row.value < row.ci_high
+
+    summary = pd.read_csv(toy_run / "summary.csv")
+    assert tuple(summary.columns) == TIDY_COLUMNS
+    assert (summary.source == "network").all()
+    assert all(v.split(" (")[0] in VERDICTS for v in summary.verdict)
+    checks = set(summary.check)
+    for check in (
+        "sigma2", "lanczos-exact", "slq-exact", "theorem2", "free-convolution-outlier",
+        "free-convolution", "noise-edge", "noise-asymmetry", "noise-skewness", "noise-kurtosis",
+    ):  # fmt: skip
+        assert check in checks
+    # steps = P: every Lanczos extreme is exact, so these rows must agree
+    assert (summary.loc[summary.check == "lanczos-exact", "verdict"] == "agrees").all()
+
+    ritz = pd.read_csv(toy_run / "ritz.csv")
+    assert list(ritz.columns) == ["operator", "B", "probe", "value", "weight"]
+    assert set(ritz.operator) == {"full", "batch", "noise"}
+    assert ritz.loc[ritz.operator == "full", "B"].isna().all()
+    assert set(ritz.loc[ritz.operator != "full", "B"]) == set(SIZES)
+    sums = ritz.groupby(["operator", "B", "probe"], dropna=False)["weight"].sum()
+    assert len(sums) == 3 * (1 + 2 * len(SIZES))
+    assert np.all(np.abs(sums - 1.0) <= NETWORK_WEIGHT_SUM_ATOL)
+
+    density = pd.read_csv(toy_run / "density.csv")
+    assert list(density.columns) == ["curve", "B", "x", "density"]
+    assert set(density.curve) == set(network.DENSITY_CURVES)
+    assert density.loc[density.curve == "full", "B"].isna().all()
+    sweep = pd.read_csv(toy_run / "sweep.csv")
+    assert list(sweep.B) == list(SIZES)
+
+
+def _extreme(frame, side):
+    return frame.value.max() if side == "max" else frame.value.min()
+
+
+def test_lanczos_extremes_match_exact_eigenvalues(toy_run, exact):
+    ritz = pd.read_csv(toy_run / "ritz.csv")
+    sweep = pd.read_csv(toy_run / "sweep.csv").set_index("B")
+    P = exact["H"].shape[0]
+    matrices = {("full", None): exact["H"]}
+    for B, H_B in exact["batches"].items():
+        matrices[("batch", B)] = H_B
+        matrices[("noise", B)] = H_B - exact["H"]
+    for (operator, B), M in matrices.items():
+        ev = torch.linalg.eigvalsh(M).numpy()
+        atol = network_eig_atol(np.abs(ev).max(), P)
+        rows = ritz[(ritz.operator == operator) & ((ritz.B == B) if B else ritz.B.isna())]
+        for side, truth in (("max", ev[-1]), ("min", ev[0])):
+            assert abs(_extreme(rows, side) - truth) <= atol, (operator, B, side)
+            if operator == "batch":
+                assert abs(sweep.loc[B, f"measured_{side}"] - truth) <= atol
+                assert abs(sweep.loc[B, f"exact_{side}"] - truth) <= atol
+            if operator == "noise":
+                assert abs(sweep.loc[B, f"noise_{side}"] - truth) <= atol
+
+
+def test_sigma2_estimators_agree_with_exact_value(exact):
+    results = exact["results"]
+    for name, stored in results["sigma2"].items():
+        se = results["sigma2_details"][name]["standard_error"]
+        assert se > 0
+        assert abs(stored["value"] - exact["sigma2"]) <= Z_STAT * se, name
+
+
+def test_predictions_follow_theory_from_stored_inputs(toy_run, exact):
+    results = exact["results"]
+    sweep = pd.read_csv(toy_run / "sweep.csv")
+    sigma2 = results["sigma2"]["per-sample"]["value"]
+    P, N = results["P"], results["N"]
+    ev = torch.linalg.eigvalsh(exact["H"]).numpy()
+    for row in sweep.itertuples():
+        t = theory.noise_scale(sigma2, P, N, row.B, factor="exact")
+        assert abs(row.t - t) <= THEORY_RTOL * t
+        for side, lam in (("max", ev[-1]), ("min", ev[0])):
+            pred = theory.theorem2(lam, sigma2, P, N, row.B, factor="exact")
+            got = getattr(row, f"predicted_{side}")
+            # the run predicts from its Lanczos extreme, exact to network_eig_atol
+            slope = 1.0 + t / lam**2 if pred.regime == "outlier" else 0.0
+            atol = slope * network_eig_atol(np.abs(ev).max(), P) + THEORY_RTOL * abs(got)
+            assert abs(got - float(pred.predicted)) <= atol
+            assert getattr(row, f"regime_{side}") == str(pred.regime)
+        assert row.goe_edge == pytest.approx(2 * np.sqrt(t), rel=THEORY_RTOL)
+
+
+def test_density_curves_are_the_stated_functions_of_stored_spectra(toy_run):
+    ritz = pd.read_csv(toy_run / "ritz.csv")
+    density = pd.read_csv(toy_run / "density.csv")
+    sweep = pd.read_csv(toy_run / "sweep.csv").set_index("B")
+    full = ritz[ritz.operator == "full"]
+    probes = full.probe.nunique()
+    for B in SIZES:
+        t = sweep.loc[B, "t"]
+        pred = density[(density.curve == "batch predicted") & (density.B == B)]
+        ref = free_convolution_density(full.value, full.weight / probes, t, pred.x)
+        atol = freeconv_density_atol(pred.x.to_numpy(), t, ref)
+        assert np.all(np.abs(pred.density.to_numpy() - ref) <= 2 * atol + 1e-12 * ref.max())
+        semi = density[(density.curve == "noise semicircle") & (density.B == B)]
+        np.testing.assert_allclose(
+            semi.density, theory.semicircle_density(semi.x, t), rtol=THEORY_RTOL, atol=0
+        )
+
+
+def test_trained_cnn_bn_run_without_exact_check(tmp_path):
+    out = tmp_path / "cnn"
+    args = [
+        "network", "--model", "cnn_bn", "--width", "2", "--samples", "60",
+        "--train-epochs", "2", "--batch-sizes", "10", "--steps", "12", "--probes", "2",
+        "--sigma2-probes", "2", "--exact", "no", "--out", str(out), "--quiet",
+    ]  # fmt: skip
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["epoch"] is None and not results["exact_check"]
+    training = results["training"]
+    assert training["sgd_steps"] == 2 and training["loss_after"] < training["loss_at_init"]
+    summary = pd.read_csv(out / "summary.csv")
+    assert "lanczos-exact" not in set(summary.check)
+    assert len(pd.read_csv(out / "sweep.csv")) == 1
+
+
+# ---- the comparison helpers -----------------------------------------------------------------
+
+
+def test_weighted_w1_reproduces_the_equal_weight_version():
+    rng = np.random.default_rng(0)
+    samples = rng.normal(size=300)
+    grid = np.linspace(-5, 5, 801)
+    density = np.exp(-0.5 * grid**2)
+    expected = wasserstein1_to_density(samples, grid, density)
+    got = network.wasserstein1_measure_to_density(samples, np.full(300, 1 / 300), grid, density)
+    assert abs(got - expected) <= 1e3 * np.finfo(float).eps * expected
+    # weights matter: all mass on the largest sample is farther from N(0, 1)
+    heavy = np.where(samples == samples.max(), 1.0, 0.0)
+    assert network.wasserstein1_measure_to_density(samples, heavy, grid, density) > 2 * got
+
+
+def test_discrete_w1_and_slq_resolution():
+    assert network.wasserstein1_discrete([0.0], [1.0], [2.5], [1.0]) == 2.5
+    # half the mass moved by 1: W1 = 0.5
+    assert network.wasserstein1_discrete([0.0, 1.0], [1, 1], [1.0], [1.0]) == 0.5
+    same = np.tile(np.linspace(0, 1, 5), (4, 1))
+    weights = np.full((4, 5), 0.2)
+    assert network.slq_resolution(same, weights) == 0.0
+    assert np.isnan(network.slq_resolution(same[:1], weights[:1]))
+
+
+def test_shape_statistics_of_a_semicircle_and_a_point_pair():
+    # semicircle of variance t: m2 = t, m4 = 2 t^2 (Catalan numbers), odd moments 0
+    skew, kurt = network.shape_statistics(np.array([0.0, 1.5, 0.0, 2 * 1.5**2]))
+    assert (skew, kurt) == (0.0, 2.0)
+    # two atoms at 0 (weight 3/4) and 1 (1/4): skewness (1 - 2p)/sqrt(p(1-p)) with p = 1/4
+    m = np.array([0.25, 0.25, 0.25, 0.25])
+    skew, _ = network.shape_statistics(m)
+    assert skew == pytest.approx(0.5 / np.sqrt(0.1875), rel=1e-14)
+
+
+# ---- bad input: one line, exit status 2, nothing written ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bad_checkpoints(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bad")
+    (folder / "corrupt.pt").write_bytes(b"this is not a torch.save file")
+    torch.save(toy_model(hidden=3).state_dict(), folder / "wrong.pt")
+    nan = toy_model()
+    with torch.no_grad():
+        nan.net[1].weight[0, 0] = float("nan")
+    torch.save(nan.state_dict(), folder / "nan.pt")
+    huge = toy_model()
+    with torch.no_grad():
+        for p in huge.parameters():
+            p.fill_(3e38)  # finite in float32, but the logits overflow
+    torch.save(huge.state_dict(), folder / "huge.pt")
+    return folder
+
+
+BAD = [
+    (["--batch-sizes", "0"], "B must be >= 1"),
+    (["--batch-sizes", "8", "-4"], "B must be >= 1"),
+    (["--batch-sizes", "5000"], "B = 5000 exceeds the data set size N = 1,797"),
+    (["--steps", "0"], "--steps must be >= 1"),
+    (["--probes", "0"], "--probes must be >= 1"),
+    (["--device", "tpu"], "unknown device 'tpu'; accepted: auto, cpu, cuda, cuda:N"),
+    (["--data", "cifar100"], "unknown data set 'cifar100'; accepted: digits"),
+    (["--model", "resnet"], "unknown model 'resnet'"),
+    (["--dtype", "float16"], "unknown dtype 'float16'; accepted: float64, float32"),
+    (["--model", "cnn_bn", "--policy", "batch-stats"], "use --policy eval"),
+    (["--checkpoint", "{bad}/missing.pt"], "missing.pt not found"),
+    (["--checkpoint", "{bad}/corrupt.pt"], "is not a readable torch.save file"),
+    (["--checkpoint", "{bad}/wrong.pt", "--width", "2"], "does not fit model MLP"),
+    (["--checkpoint", "{bad}/nan.pt", "--width", "2"], "NaN or inf (in net.1.weight)"),
+    (
+        ["--checkpoint", "{bad}/huge.pt", "--width", "2", "--dtype", "float32"],
+        "the loss at these weights is not finite",
+    ),
+]
+
+
+def _assert_refused(tmp_path, capsys, argv, message, out):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.count("\n") == 1 and err.startswith("error: ")
+    assert not out.exists()
+    assert not list(out.parent.glob(".network.partial-*"))
+
+
+@pytest.mark.parametrize(("args", "message"), BAD)
+def test_bad_input_is_one_line_exit_2_nothing_written(
+    tmp_path, capsys, bad_checkpoints, args, message
+):
+    out = tmp_path / "network"
+    args = [a.replace("{bad}", str(bad_checkpoints)) for a in args]
+    _assert_refused(
+        tmp_path, capsys, ["network", *args, "--out", str(out), "--quiet"], message, out
+    )
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present here")
+def test_cuda_without_cuda_is_refused(tmp_path, capsys):
+    out = tmp_path / "network"
+    argv = ["network", "--device", "cuda", "--out", str(out), "--quiet"]
+    _assert_refused(tmp_path, capsys, argv, "CUDA is not available", out)
+
+
+def test_model_data_shape_mismatch_is_refused(tmp_path, capsys, monkeypatch):
+    def flat_digits(*, data_dir, dtype):
+        return load_digits(images=False, dtype=dtype)  # (N, 64): not images for a CNN
+
+    monkeypatch.setitem(network.DATA_LOADERS, "digits", flat_digits)
+    out = tmp_path / "network"
+    argv = ["network", "--model", "cnn", "--out", str(out), "--quiet"]
+    _assert_refused(tmp_path, capsys, argv, "model 'cnn' does not fit data 'digits'", out)
+
+
+def test_module_imports_neither_torch_nor_matplotlib():
+    code = (
+        "import argparse, sys, validation.network;"
+        "validation.network.add_parser(argparse.ArgumentParser().add_subparsers());"
+        "assert 'torch' not in sys.modules and 'matplotlib' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
