@@ -102,7 +102,7 @@ class Report:
 
     html: str
     markdown: str
-    summary: pd.DataFrame  # tidy rows of every run (validation.schema)
+    summary: pd.DataFrame  # tidy rows of every run (reports.schema)
     figures: dict = field(repr=False)  # file name -> PNG bytes, referenced by ``markdown``
 
 

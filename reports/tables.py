@@ -1,7 +1,7 @@
-"""Result folders as one tidy table (``validation.schema``), rendered as CSV and Markdown.
+"""Result folders as one tidy table (``reports.schema``), rendered as CSV and Markdown.
 
 Every comparison of theory with measurement becomes one row with the columns of
-``validation.schema.TIDY_COLUMNS``. Per kind of run:
+``reports.schema.TIDY_COLUMNS``. Per kind of run:
 
 ``synthetic``  (``validation.synthetic.write_synthetic``)
     * ``theorem2``: each compared extreme eigenvalue (``extremes.csv``): the predicted mean (Theorem
@@ -27,8 +27,7 @@ Every comparison of theory with measurement becomes one row with the columns of
     * ``sigma2``: sigma^2 implied by the printed prediction vs the sigma^2 that reproduces the
       measurement (``not applicable``, the ratio in brackets in ``quantity``).
 
-``validation.schema.tidy_frame`` accepts wording after the verdict's first word, so ``not
-applicable`` (two words) cannot carry any: its reason goes in brackets at the end of ``quantity``.
+A ``not applicable`` row keeps its reason in brackets at the end of ``quantity``.
 
 ``network``  (``validation.network``): ``summary.csv`` is already tidy; it is read and checked.
 
@@ -47,7 +46,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from validation.schema import TIDY_COLUMNS, VERDICTS, verdict_from_z
+from reports.schema import TIDY_COLUMNS, VERDICTS, tidy_frame, verdict_from_z, verdict_word
 
 KINDS = ("synthetic", "paper", "network")
 DEFAULT_Z_CRIT = 4.0  # validation.synthetic.SyntheticConfig.z_crit, for folders that lack it
@@ -137,23 +136,6 @@ def load_runs(folders) -> list[Run]:
 
 # ---------------------------------------------------------------------------------------------
 # tidy conversion
-
-
-def tidy_frame(rows) -> pd.DataFrame:
-    """Rows (dicts) as a frame with exactly ``TIDY_COLUMNS``, verdicts checked.
-
-    Same as ``validation.schema.tidy_frame`` except the verdict check: that one compares the
-    first word with ``VERDICTS`` and so rejects ``not applicable`` (two words) -- even the output
-    of ``verdict_from_z``. Here a verdict is accepted when it is one of ``VERDICTS`` or starts
-    with one followed by a space. Switch back to the schema's function once it does the same.
-    """
-    frame = pd.DataFrame(list(rows), columns=list(TIDY_COLUMNS))
-    bad = sorted({str(v) for v in frame["verdict"] if verdict_word(v) not in VERDICTS})
-    if bad:
-        raise ValueError(f"unknown verdicts {bad}; accepted: {', '.join(VERDICTS)}")
-    for column in ("predicted", "measured", "uncertainty"):
-        frame[column] = frame[column].astype(float)
-    return frame
 
 
 def tidy(run: Run) -> pd.DataFrame:
@@ -400,15 +382,6 @@ def network_rows(run: Run) -> pd.DataFrame:
 
 # ---------------------------------------------------------------------------------------------
 # summaries
-
-
-def verdict_word(verdict) -> str:
-    """The schema's verdict (first word; 'not applicable' is two)."""
-    text = str(verdict)
-    for v in VERDICTS:
-        if text == v or text.startswith(v + " "):
-            return v
-    return text
 
 
 def verdict_counts(frame: pd.DataFrame) -> pd.DataFrame:

@@ -20,6 +20,7 @@ import torch
 
 from nnhessian.data import load_digits
 from nnhessian.models import build
+from reports.schema import TIDY_COLUMNS, VERDICTS
 from rmt import theory
 from rmt.freeconv import free_convolution_density
 from tests.test_nnhessian_reference import (  # noqa: F401 (single_thread: autouse fixture)
@@ -36,7 +37,6 @@ from tests.tolerances import (
 )
 from validation import network
 from validation.cli import main
-from validation.schema import TIDY_COLUMNS, VERDICTS
 from validation.synthetic import wasserstein1_to_density
 
 N_TOY, WIDTH, SIZES = 120, 2, (8, 30)

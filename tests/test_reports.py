@@ -13,9 +13,9 @@ import pytest
 from matplotlib.figure import Figure
 
 from reports import report, tables
+from reports.schema import TIDY_COLUMNS, VERDICTS
 from reports.tables import RunFolderError, load_run, load_runs, markdown_table
 from validation.cli import main
-from validation.schema import TIDY_COLUMNS, VERDICTS
 
 TOY_SYNTHETIC = [
     "synthetic", "--P", "60", "--spikes", "3,0.4,-2", "--trials", "6", "--sweep-points", "3",

@@ -61,9 +61,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from reports.schema import tidy_frame, verdict_from_z
 from rmt import theory
 from validation.errors import UsageError
-from validation.schema import tidy_frame, verdict_from_z
 
 EXACT_MAX_P = 4_000  # dense P x P eigendecomposition: ~1 s at P = 2,410 on one core
 DTYPES = ("float64", "float32")
@@ -826,7 +826,7 @@ def jackknife(per_probe: np.ndarray, statistic) -> tuple[float, float]:
 class Tables:
     """The comparison tables written to the result folder."""
 
-    summary: pd.DataFrame  # tidy rows (validation.schema.TIDY_COLUMNS), source "network"
+    summary: pd.DataFrame  # tidy rows (reports.schema.TIDY_COLUMNS), source "network"
     sweep: pd.DataFrame  # one row per B
     ritz: pd.DataFrame  # operator, B, probe, value, weight
     density: pd.DataFrame  # curve, B, x, density

@@ -6,7 +6,7 @@ and writes into ``--out``, all at once or not at all (``validation.store.result_
 * ``report.html``   one self-contained file: figures embedded, nothing fetched when viewed;
 * ``report.md``     the same content in Markdown, with the figures it shows beside it
                     (``figure-*.png``);
-* ``summary.csv``   every comparison of every run in the tidy schema (``validation.schema``);
+* ``summary.csv``   every comparison of every run in the tidy schema (``reports.schema``);
 * ``results.json``  kind ``report``, the inputs and the provenance of this build.
 
 Bad input (a folder that does not exist, has no results.json, holds corrupt JSON or an unknown

@@ -45,7 +45,7 @@ def verdict_from_z(predicted: float, measured: float, uncertainty: float, z_crit
 def tidy_frame(rows) -> pd.DataFrame:
     """Rows (dicts) as a frame with exactly :data:`TIDY_COLUMNS`, checked."""
     frame = pd.DataFrame(list(rows), columns=list(TIDY_COLUMNS))
-    bad = [v for v in frame["verdict"] if not _known_verdict(str(v))]
+    bad = sorted({str(v) for v in frame["verdict"] if verdict_word(v) not in VERDICTS})
     if bad:
         raise ValueError(f"unknown verdicts {sorted(set(bad))}; accepted: {', '.join(VERDICTS)}")
     for column in ("predicted", "measured", "uncertainty"):
@@ -53,6 +53,11 @@ def tidy_frame(rows) -> pd.DataFrame:
     return frame
 
 
-def _known_verdict(text: str) -> bool:
-    """One of :data:`VERDICTS`, alone or followed by a space and further wording."""
-    return any(text == v or text.startswith(v + " ") for v in VERDICTS)
+def verdict_word(verdict) -> str:
+    """The schema's verdict of a row: one of :data:`VERDICTS` when the text is one of them or
+    starts with one followed by a space (wording after it is allowed), else the text itself."""
+    text = str(verdict)
+    for v in VERDICTS:
+        if text == v or text.startswith(v + " "):
+            return v
+    return text
