@@ -62,21 +62,6 @@ def test_band_method_runs_the_same_grid(tmp_path):
     assert (table.method == "band").all() and len(table) == 12
 
 
-def test_run_reuses_results_of_the_same_configuration(tmp_path, monkeypatch, capsys):
-    from validation import cli
-    from validation.synthetic import SyntheticConfig
-
-    toy = SyntheticConfig(P=(50,), trials=3, sweep_points=2, histogram_P=40)
-    monkeypatch.setattr("validation.synthetic.SyntheticConfig", lambda: toy)
-    assert cli.main(["run", "--out", str(tmp_path), "--quiet"]) == 0
-    first = (tmp_path / "synthetic" / "results.json").read_text()
-    assert cli.main(["run", "--out", str(tmp_path), "--quiet"]) == 0
-    assert "reusing" in capsys.readouterr().out
-    assert (tmp_path / "synthetic" / "results.json").read_text() == first
-    assert cli.main(["run", "--out", str(tmp_path), "--quiet", "--force"]) == 0
-    assert (tmp_path / "synthetic" / "results.json").read_text() != first
-
-
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -130,8 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="the default main job (offline)",
         description=(
-            "The default main job, offline: the synthetic checks with their default grid and "
-            "the paper's table re-derived. "
+            "The default main job, offline: the synthetic checks, the network run (a small "
+            "network on the bundled digits data) and the paper's table, each with its default "
+            "configuration, then the report of all three. "
             "A stage whose result folder already holds the same configuration is reused."
         ),
     )
@@ -238,19 +239,40 @@ def _paper(args, started) -> int:
     return 0
 
 
-def _run(args, started) -> int:
-    from validation.store import same_config
-    from validation.synthetic import SyntheticConfig
+# The stages of ``run`` in order, each with the arguments it gets besides --out/--quiet (none:
+# every stage runs with its defaults).
+RUN_STAGES: dict[str, tuple[str, ...]] = {"synthetic": (), "network": (), "paper": ()}
 
-    config = SyntheticConfig()
-    folder = args.out / "synthetic"
-    if not args.force and same_config(folder, config):
-        print(f"synthetic: reusing {folder} (same configuration; --force recomputes)")
-    else:
-        _run_synthetic(config, folder, quiet=args.quiet, started=started)
-    paper_args = argparse.Namespace(rows=None, factor="paper", out=args.out / "paper")
-    _paper(paper_args, started)
-    print(f"done: results in {args.out}")
+
+def _run(args, started) -> int:
+    """The default main job: each stage with its default configuration into ``out/<stage>``,
+    then the report of all three into ``out/report``. A stage whose folder already holds a
+    complete result of the same configuration is reused unless ``--force``."""
+    from validation import network
+    from validation.report import build_report
+    from validation.store import same_config
+
+    parser = build_parser()
+    configs = {"synthetic": _synthetic_config, "network": network.config_from_args}
+    folders = []
+    for name, extra in RUN_STAGES.items():
+        folder = args.out / name
+        folders.append(folder)
+        quiet = ["--quiet"] if args.quiet and name != "paper" else []
+        stage = parser.parse_args([name, "--out", str(folder), *quiet, *extra])
+        make_config = configs.get(name)
+        if not args.force and make_config and same_config(folder, make_config(stage)):
+            print(f"{name}: reusing {folder} (same configuration; --force recomputes)")
+            continue
+        print(f"{name}: running", file=sys.stderr)
+        if name == "synthetic":
+            _synthetic(stage, started)
+        elif name == "network":
+            network.command(stage, started)
+        else:
+            _paper(stage, started)
+    report = build_report(folders, args.out / "report", started=started)
+    print(f"done: report in {report}")
     return 0
 
 
