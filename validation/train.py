@@ -11,14 +11,15 @@ decaying learning rate from epochs [126, 161] with momentum rho = 0.9 and data-a
 * Initial learning rate: 0.1 for vgg16/vgg16bn and the small models, 0.05 for preresnet110
   (paper). Epochs: 225 (VGG16) and 300 (PreResNet-110) by default (paper), 20 for small models.
 * Schedule (:func:`learning_rate`): constant, then linear decay, then constant, set per epoch.
-  We read "linearly decaying learning rate from epochs [126, 161]" as a decay window from epoch
-  126 to epoch 161 (0-based epoch index e: lr0 for e <= 126, lr0 * f at e >= 161, linear between).
-  The paper does not state the final value; f = 0.01 (``--final-lr-fraction``) is the value of
-  the SWA schedule (Izmailov et al. 2018) this family of experiments uses. For other ``--epochs``
-  the window is scaled: ``round(126 E / E_paper)``, ``round(161 E / E_paper)`` with E_paper the
-  paper's epochs for the model (225 for models not in the paper). The other reading -- decay
-  starting at 126 (VGG16) / 161 (PreResNet-110) and running to the end -- is
-  ``--decay-start 126 --decay-end 225``; every run records its window.
+  We read "for [225, 300] epochs with a linearly decaying learning rate from epochs [126, 161]"
+  with the sentence's own "respectively": VGG16 decays from epoch 126 of 225, PreResNet-110 from
+  epoch 161 of 300 (both about 55% of training, as in the SWA schedule of Izmailov et al. 2018
+  this family of experiments uses), linearly to the end of training (0-based epoch index e: lr0
+  for e <= start, lr0 * f at the last epoch, linear between). The paper does not state the final
+  value; f = 0.01 (``--final-lr-fraction``) is the SWA schedule's. For other ``--epochs`` the
+  start is scaled, ``round(start E / E_paper)`` (models not in the paper: VGG16's 126 / 225).
+  The other reading -- one window from epoch 126 to 161 for both -- is ``--decay-start 126
+  --decay-end 161``; every run records its window.
 * Data: CIFAR-100 from ``--data-dir`` (``nnhessian.cifar``; download only with ``--download``),
   normalised with the training-set statistics, augmented (random crop with padding 4, horizontal
   flip) for training only; test-set loss and accuracy after every epoch without augmentation.
@@ -60,8 +61,9 @@ from validation.errors import UsageError
 DATA_SETS = ("cifar100", "digits")
 PAPER_EPOCHS = {"vgg16": 225, "vgg16bn": 225, "preresnet110": 300}
 PAPER_LR = {"vgg16": 0.1, "vgg16bn": 0.1, "preresnet110": 0.05}
-# Paper, section 4: "linearly decaying learning rate from epochs [126, 161]".
-PAPER_DECAY = (126, 161)
+# Paper, section 4: "... for [225, 300] epochs with a linearly decaying learning rate from epochs
+# [126, 161]": the epoch where the decay starts, per model (see the module docstring).
+PAPER_DECAY_START = {"vgg16": 126, "vgg16bn": 126, "preresnet110": 161}
 DEFAULT_LR = 0.1
 DEFAULT_SMALL_EPOCHS = 20
 DEFAULT_WEIGHT_DECAY = 5e-4
@@ -99,9 +101,12 @@ class TrainConfig:
 
 
 def default_decay(model: str, epochs: int) -> tuple[int, int]:
-    """The paper's decay window [126, 161] scaled to ``epochs`` (see the module docstring)."""
-    ref = PAPER_EPOCHS.get(model, PAPER_EPOCHS["vgg16"])
-    return round(PAPER_DECAY[0] * epochs / ref), round(PAPER_DECAY[1] * epochs / ref)
+    """The paper's decay (from epoch 126 of 225 for VGG16, 161 of 300 for PreResNet-110, to the
+    last epoch) scaled to ``epochs``: (start, end) epoch indices (see the module docstring)."""
+    ref = model if model in PAPER_EPOCHS else "vgg16"
+    start = round(PAPER_DECAY_START[ref] * epochs / PAPER_EPOCHS[ref])
+    end = max(epochs - 1, 1)  # a one-epoch run keeps lr0
+    return min(start, end), end
 
 
 def learning_rate(
@@ -840,13 +845,13 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--decay-start",
         type=_integer,
-        help="epoch index where the linear lr decay starts (default: paper's 126 "
+        help="epoch index where the linear lr decay starts (default: paper's 126 (VGG16) / 161 "
         "scaled to --epochs)",
     )
     p.add_argument(
         "--decay-end",
         type=_integer,
-        help="epoch index where it ends (default: paper's 161 scaled to --epochs)",
+        help="epoch index where it ends (default: the last epoch)",
     )
     p.add_argument(
         "--final-lr-fraction",
