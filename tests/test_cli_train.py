@@ -127,7 +127,7 @@ def test_learning_rate_schedule():
     assert default_decay("vgg16", 225) == (126, 224)
     assert default_decay("preresnet110", 300) == (161, 299)
     assert default_decay("vgg16", 100) == (56, 99)  # 126 * 100 / 225 = 56
-    assert default_decay("mlp", 1) == (0, 1)  # one epoch: no decay
+    assert default_decay("mlp", 1) == (1, 1)  # one epoch (index 0) keeps lr0
     kw = {"lr": 0.1, "decay_start": 126, "decay_end": 161, "final_fraction": 0.01}
     assert learning_rate(0, **kw) == learning_rate(126, **kw) == 0.1
     assert learning_rate(161, **kw) == learning_rate(224, **kw) == pytest.approx(0.001, rel=1e-15)
