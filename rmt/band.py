@@ -147,7 +147,7 @@ def truncation_rows(P, k, *, c_trunc=C_TRUNC, n_extreme=3) -> int:
     is the edge rule: the n-th edge eigenvector decays like ``exp(-(2/3)(x - a_n)^(3/2))`` in
     ``x = row / (k^(2/3) P^(1/3))``, so c Airy units past the turning point leave an eigenvalue
     error ~ ``exp(-(4/3) c^(3/2))`` edge units (c = 10: far below rounding, with room for the
-    Tracy-Widom fluctuations of the turning point). The second term decides for k <= 2 at n = 3,
+    Tracy-Widom fluctuations of the turning point). The second term decides for k <= 3 at n = 3,
     where ``c k`` alone is too short (measured: 1e-3 edge units at L = 10 P^(1/3), k = 1).
     ``c_trunc`` trades cost (linear in L) against truncation bias.
     """
