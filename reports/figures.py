@@ -240,3 +240,56 @@ def batch_sweep(ax, sweep):
     ax.set_ylabel("largest eigenvalue")
     ax.set_title("lambda_max of the batch Hessian")
     ax.legend(fontsize=7)
+
+
+# ---------------------------------------------------------------------------------------------
+# epoch sweeps (validation.network --checkpoints): drawn from epochs.csv as stored. sigma^2 over
+# epochs (the paper's Figures 3-4) is sigma2_over_epochs above; the extreme eigenvalues here.
+
+
+def extremes_over_epochs(ax, table, *, side: str = "max"):
+    """lambda_max (``side="max"``) or lambda_min of the Hessians against the training epoch.
+
+    ``table`` has one row per (epoch, B) with columns ``epoch``, ``B``, ``lambda_full_<side>``
+    (Lanczos, full data), ``measured_<side>`` (Lanczos, the batch Hessian H_B) and
+    ``predicted_<side>`` / ``predicted_<side>_se`` (Theorem 2 from the full-data value and
+    sigma^2). The full-data curve is drawn once; each B has one colour, measured solid,
+    predicted dashed with its standard error.
+    """
+    if side not in ("max", "min"):
+        raise ValueError(f"side must be 'max' or 'min', got {side!r}")
+    table = table.sort_values(["B", "epoch"], kind="stable")
+    full = table.drop_duplicates("epoch").sort_values("epoch")
+    ax.plot(
+        full["epoch"],
+        full[f"lambda_full_{side}"],
+        "o-",
+        ms=4,
+        color=NETWORK_FULL,
+        label="full data H_emp (Lanczos)",
+    )
+    cycle = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2")
+    for k, (B, group) in enumerate(table.groupby("B", sort=True)):
+        color = cycle[k % len(cycle)]
+        ax.plot(
+            group["epoch"],
+            group[f"measured_{side}"],
+            "o-",
+            ms=4,
+            color=color,
+            label=f"B = {B}: measured H_B (Lanczos)",
+        )
+        ax.errorbar(
+            group["epoch"],
+            group[f"predicted_{side}"],
+            yerr=group[f"predicted_{side}_se"],
+            fmt="s--",
+            ms=3,
+            color=color,
+            capsize=2,
+            label=f"B = {B}: Theorem 2 prediction",
+        )
+    ax.set_xlabel("training epoch")
+    ax.set_ylabel(f"lambda_{side} (eigenvalue of the Hessian)")
+    ax.set_title(f"{'largest' if side == 'max' else 'smallest'} eigenvalue over epochs")
+    ax.legend(fontsize=7)

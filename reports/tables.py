@@ -198,6 +198,9 @@ def synthetic_rows(run: Run) -> pd.DataFrame:
                 verdict = verdict_from_z(
                     r["overlap_predicted"], r["overlap_measured"], r["overlap_se"], z_crit
                 )
+            elif r["regime"] == "critical":
+                verdict = "not applicable"
+                note = " [BBP crossover window: no limit law at this P]"
             else:
                 verdict = "not applicable"
                 note = " [below threshold: the limit 0 holds only as P -> infinity]"

@@ -12,7 +12,10 @@ that is not an outlier sits at the edge 2 sqrt(t) with Tracy-Widom (beta = 1) fl
 scale sqrt(t) P^(-2/3); a subcritical spike leaves that law unchanged (Peche 2006; Feral & Peche
 2007). One edge row per side is always reported. Deeper edge eigenvalues (a second subcritical
 spike on the same side) converge to 2 sqrt(t) as well, but their finite-P law is not among our
-formulas, so their verdict is "not applicable".
+formulas, so their verdict is "not applicable". So is a spike inside the BBP crossover window
+``| |theta| / sqrt(t) - 1 | <= CRITICAL_WINDOW P^(-1/3)`` (Baik, Ben Arous & Peche 2005): there
+the top eigenvalue follows the crossover law of the window, neither Tracy-Widom nor Gaussian
+(regime "critical"; the asymptotic position 2 sqrt(t) is still reported).
 
 Verdict: ``z = (measured_mean - predicted_mean) / measured_se`` with ``predicted_mean`` the
 finite-P expectation (edge: 2 sqrt(t) + E[TW_1] sqrt(t) P^(-2/3)); "agrees" when
@@ -35,6 +38,11 @@ from rmt.types import ExtremeSample
 
 METHODS = ("dense", "band")
 Z_CRIT = 4.0
+# Half-width of the BBP crossover window on theta / sqrt(t), in units of P^(-1/3). Inside it
+# neither limit law is used; outside, the Tracy-Widom edge or the Gaussian outlier. Spikes of the
+# default grid stay outside: 0.5 sqrt(t) at P = 1,000 is 5 units from the threshold, the BBP
+# sweep's neighbours of the threshold (0.25 sqrt(t) away at P = 1e6) 25 units.
+CRITICAL_WINDOW = 3.0
 
 
 @dataclass(frozen=True)
@@ -149,6 +157,12 @@ def expectations(spikes, t, P, n_extreme):
             theta = spikes[j] if j >= 0 else 0.0
             if j < 0 and edge_order >= 1:
                 break  # one edge row per side beyond the spikes
+            if j >= 0 and abs(abs(theta) / np.sqrt(t) - 1.0) <= CRITICAL_WINDOW * P ** (-1 / 3):
+                edge_order += 1
+                nan = float("nan")
+                edge = sign * float(theory.semicircle_edge(t))
+                out.append(_Expectation(side, index, j, "critical", edge, nan, nan, nan))
+                continue
             if abs(theta) > np.sqrt(t):
                 out.append(
                     _Expectation(

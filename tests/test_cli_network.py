@@ -319,7 +319,7 @@ BAD = [
     (["--steps", "0"], "--steps must be >= 1"),
     (["--probes", "0"], "--probes must be >= 1"),
     (["--device", "tpu"], "unknown device 'tpu'; accepted: auto, cpu, cuda, cuda:N"),
-    (["--data", "cifar100"], "unknown data set 'cifar100'; accepted: digits"),
+    (["--data", "imagenet"], "unknown data set 'imagenet'; accepted: digits, cifar100"),
     (["--model", "resnet"], "unknown model 'resnet'"),
     (["--dtype", "float16"], "unknown dtype 'float16'; accepted: float64, float32"),
     (["--model", "cnn_bn", "--policy", "batch-stats"], "use --policy eval"),
@@ -362,7 +362,7 @@ def test_cuda_without_cuda_is_refused(tmp_path, capsys):
 
 
 def test_model_data_shape_mismatch_is_refused(tmp_path, capsys, monkeypatch):
-    def flat_digits(*, data_dir, dtype):
+    def flat_digits(*, data_dir, dtype, **_):
         return load_digits(images=False, dtype=dtype)  # (N, 64): not images for a CNN
 
     monkeypatch.setitem(network.DATA_LOADERS, "digits", flat_digits)

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from rmt import theory
-from rmt.experiments import expectations, extremes_table, spiked_extremes, weyl_table
+from rmt.experiments import (
+    CRITICAL_WINDOW,
+    expectations,
+    extremes_table,
+    spiked_extremes,
+    weyl_table,
+)
 from tests.tolerances import Z_STAT
 
 
@@ -94,3 +100,16 @@ def test_bad_experiment_arguments(kwargs, message):
     args = {"trials": 2, "method": "dense"} | kwargs
     with pytest.raises(ValueError, match=message):
         spiked_extremes([1.0], 1.0, 20, rng=0, **args)
+
+
+def test_spike_in_the_bbp_crossover_window_is_not_judged_by_a_limit_law():
+    t, P = 4.0, 1_000_000
+    half = CRITICAL_WINDOW * P ** (-1 / 3)  # 0.03 in units of sqrt(t)
+    inside, outside = 2.0 * (1 + 0.9 * half), 2.0 * (1 + 1.1 * half)
+    (top_in,) = [e for e in expectations([inside], t, P, 1) if e.side == "top"]
+    assert top_in.regime == "critical" and np.isnan(top_in.predicted_mean)
+    assert top_in.predicted == 4.0  # the asymptotic position, 2 sqrt(t)
+    (top_out,) = [e for e in expectations([outside], t, P, 1) if e.side == "top"]
+    assert top_out.regime == "outlier" and top_out.predicted == outside + t / outside
+    (below,) = [e for e in expectations([-2.0 * (1 + 0.9 * half)], t, P, 1) if e.side == "bottom"]
+    assert below.regime == "critical"

@@ -2,20 +2,27 @@ r"""``python -m validation network``: full-data vs mini-batch Hessian spectra of
 
 The measurement side of the paper (sections 3-4), on a real network at fixed weights w:
 
-1. weights: a ``torch.save`` checkpoint (a state_dict, or a dict holding one under
-   ``state_dict`` / ``model_state_dict`` / ``model``, with an optional ``epoch``), or a short
-   deterministic SGD run from a seeded initialisation (:func:`train_briefly`), so that the
-   weights are not at initialisation;
-2. operators (:mod:`nnhessian.operators`): ``H_emp`` over all N samples, and for each batch size B
+1. data: ``--data digits`` (scikit-learn's 8x8 digits, bundled, offline; the default) or
+   ``--data cifar100`` (the CIFAR-100 training split read from ``--data-dir`` by
+   :func:`nnhessian.cifar.load_cifar100`: normalised, file order, never augmented; fetched only
+   with ``--download``); ``--samples n`` keeps the first n samples (N = n; for CIFAR-100 only those
+   images are read into memory). The class count comes from the data (10 / 100);
+2. weights: a checkpoint written by ``python -m validation train`` (read by
+   :func:`validation.train.load_checkpoint`: architecture, options and epoch from the file), a
+   plain ``torch.save`` file (a state_dict, or a dict holding one under ``state_dict`` /
+   ``model_state_dict`` / ``model``, with an optional ``epoch``) for a model built from
+   ``--model`` / ``--width``, or a short deterministic SGD run from a seeded initialisation
+   (:func:`train_briefly`), so that the weights are not at initialisation;
+3. operators (:mod:`nnhessian.operators`): ``H_emp`` over all N samples, and for each batch size B
    one fixed batch drawn without replacement, ``H_B`` and the noise ``N_B = H_B - H_emp`` at the
    same weights;
-3. spectra: stochastic Lanczos quadrature (SLQ; ``steps`` = m = 100 as in the paper, section 4,
+4. spectra: stochastic Lanczos quadrature (SLQ; ``steps`` = m = 100 as in the paper, section 4,
    ``probes`` independent starts) of ``H_emp``, every ``H_B`` and every ``N_B``; raw Ritz values
    and Gauss weights are kept (``ritz.csv``);
-4. sigma^2 (paper eq. 9, 1/N convention, :mod:`nnhessian.sigma2`): the per-sample estimator
+5. sigma^2 (paper eq. 9, 1/N convention, :mod:`nnhessian.sigma2`): the per-sample estimator
    (drives every prediction), the cheap partition estimator and the two-disjoint-batch estimator,
    each with a t confidence interval over its probes, at the smallest B with ``2 B <= N``;
-5. theory per B, with ``t = P f(N, B) sigma^2`` (``rmt.theory.noise_scale``; ``f`` the exact
+6. theory per B, with ``t = P f(N, B) sigma^2`` (``rmt.theory.noise_scale``; ``f`` the exact
    finite-population factor (N - B)/(B(N - 1)) by default, ``--factor paper`` for (N - B)/(BN)):
 
    * Theorem 2 (``rmt.theory.theorem2``, regime-aware) for lambda_max and lambda_min of H_B from
@@ -33,7 +40,7 @@ The measurement side of the paper (sections 3-4), on a real network at fixed wei
    * the batch-size sweep: lambda_max(B) against the edge law ``c sqrt(f)`` (~ B^(-1/2)) and the
      outlier law ``theta + c f`` (saturates at theta as B grows), least squares over B;
 
-6. exact check (small models, ``P <= EXACT_MAX_P``): dense Hessians of the full data and of each
+7. exact check (small models, ``P <= EXACT_MAX_P``): dense Hessians of the full data and of each
    batch from ``torch.func.jacrev(jacrev(loss))`` -- a code path independent of the HVP engine --
    and their eigenvalues (``torch.linalg.eigvalsh``); the Lanczos extremes and the SLQ measures
    of H_emp, H_B and N_B are compared with them.
@@ -46,16 +53,44 @@ larger; and the theory's own fluctuation of one batch draw (Gaussian outlier,
 use the SLQ resolution of a measure (:func:`slq_resolution`, split-half W1 of the probes) as
 their reference scale. A row "agrees" when ``|measured - predicted| <= z_crit * uncertainty``.
 
+Running the paper's experiment (section 4):
+
+* epochs (the paper's Figures 3-4): ``--checkpoints DIR`` takes the output folder of
+  ``python -m validation train`` and measures every saved epoch (``--epochs`` chooses some) into
+  ``<out>/epoch_EEEE/`` (each a complete result folder of this command, written atomically; a
+  folder already holding the same configuration is reused, so an interrupted sweep resumes),
+  then ``<out>/epochs.csv`` (one row per epoch and B: sigma^2 of every estimator with its
+  interval, lambda_max / lambda_min of H_emp, and of H_B measured and predicted) and
+  ``<out>/epochs.png`` (sigma^2 and the extreme eigenvalues against the epoch);
+* resumable runs: ``--state-dir DIR`` gives every stage its own state directory
+  (``sigma2-per-sample``, ``sigma2-partition``, ``sigma2-two-batch``, ``slq-full``,
+  ``slq-batch-B``, ``slq-noise-B``; weights trained on the spot in ``trained-weights.pt``; one
+  ``epoch_EEEE/`` level more in a sweep) where :func:`nnhessian.slq` and the sigma^2 estimators
+  save their progress every ``--save-every`` Lanczos steps / every probe
+  (:mod:`nnhessian.checkpoint`). The same command started again after a kill resumes, with Ritz
+  values bit-identical to an uninterrupted run on the CPU; a state of another configuration or
+  an unreadable one is refused (one line);
+* torch.distributed: launched by ``torchrun`` (``RANK`` / ``WORLD_SIZE`` set), every process
+  loads the same data and weights, the full-data Hessian-vector products (and the per-sample and
+  partition sigma^2 passes) are sharded over the processes (:func:`nnhessian.distributed.
+  sharded_full_operator`; gloo on the CPU, NCCL on GPUs, one GPU per process), the Lanczos vectors
+  are identical on every rank, and only rank 0 writes state and results and prints. The results
+  equal a single-process run's up to the order of the final summation (float64 round-off). The
+  dense exact check runs on rank 0 alone (it holds no collective operation); weights trained on
+  the spot are broadcast from rank 0.
+
 The top level imports neither torch nor matplotlib (``python -m validation --help`` stays fast).
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
+import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +115,12 @@ DENSITY_CURVES = (  # values of density.csv's "curve" column
 )
 DENSITY_POINTS = 2001  # grid points of density.csv and of the W1 integrals (per B)
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+# Lanczos steps between state saves with --state-dir (nnhessian.checkpoint.DEFAULT_SAVE_EVERY: at
+# m = 100 a kill loses at most 10 products); sigma^2 estimators save after every probe.
+DEFAULT_SAVE_EVERY = 10
+TRAINED_WEIGHTS = "trained-weights.pt"  # weights trained on the spot, in --state-dir
+TRAINED_FORMAT = "minibatch-rmt/network-trained-weights-1"
+EPOCH_FOLDER = "epoch_{:04d}"  # per-epoch result and state folders of a --checkpoints sweep
 
 # Independent random streams: SeedSequence(seed, spawn_key=(index of the stream, *key)).
 STREAMS = (
@@ -100,16 +141,31 @@ STREAMS = (
 # ---------------------------------------------------------------------------------------------
 
 
-def _load_digits(*, data_dir, dtype):
+def _load_digits(*, data_dir, dtype, download=False, limit=None):
     """scikit-learn's digits (ships inside the package, offline): (1797, 1, 8, 8), 10 classes."""
     from nnhessian import load_digits
 
     return load_digits(images=True, dtype=dtype)
 
 
-# name -> loader(*, data_dir, dtype) -> nnhessian.InMemoryDataset with ``num_classes`` set.
-# Images keep their natural shape (N, C, H, W); the MLP flattens its input.
-DATA_LOADERS = {"digits": _load_digits}
+def _load_cifar100(*, data_dir, dtype, download=False, limit=None):
+    """The CIFAR-100 training split from ``data_dir`` (:func:`nnhessian.cifar.load_cifar100`):
+    (50,000, 3, 32, 32) normalised with the training-set statistics, file order, no augmentation,
+    the first ``limit`` images; 100 classes. Missing or corrupt files: one-line ``UsageError``."""
+    from nnhessian.cifar import CifarDataError, load_cifar100
+
+    try:
+        return load_cifar100(data_dir, split="train", download=download, limit=limit, dtype=dtype)
+    except CifarDataError as err:
+        raise UsageError(_flat(err)) from None
+
+
+# name -> loader(*, data_dir, dtype, download, limit) -> nnhessian.InMemoryDataset with
+# ``num_classes`` set; ``limit`` (the first n samples) may be ignored (load_data cuts). Images keep
+# their natural shape (N, C, H, W); the MLP flattens its input.
+DATA_LOADERS = {"digits": _load_digits, "cifar100": _load_cifar100}
+# --data-dir when none is given (as ``python -m validation train``); digits needs none.
+DEFAULT_DATA_DIR = {"cifar100": "data"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,7 +180,7 @@ class NetworkConfig:
     model: str = "mlp"  # nnhessian.models.build name
     data: str = "digits"  # a key of DATA_LOADERS
     data_dir: str | None = None  # passed to the data loader (digits ignores it)
-    samples: int | None = None  # use the first n samples (None: all)
+    samples: int | None = None  # N: the first n samples of the data set (None: all)
     width: int | None = None  # MLP hidden width / CNN channels (None: the model's default)
     checkpoint: str | None = None  # torch.save file with the weights; None: train briefly
     train_epochs: int = 5  # SGD epochs when no checkpoint is given (0: weights at init)
@@ -157,6 +213,11 @@ def validate(config: NetworkConfig) -> None:
     c = config
     if c.data not in DATA_LOADERS:
         raise UsageError(f"unknown data set {c.data!r}; accepted: {', '.join(DATA_LOADERS)}")
+    if c.data in DEFAULT_DATA_DIR and c.data_dir is None:
+        raise UsageError(
+            f"--data {c.data} is read from --data-dir DIR (the folder holding "
+            "cifar-100-python/); add --download to fetch it there"
+        )
     if not c.batch_sizes:
         raise UsageError("--batch-sizes needs at least one batch size")
     for B in c.batch_sizes:
@@ -256,6 +317,11 @@ class NetworkResult:
     batch_indices: dict  # B -> (B,) sample indices of the fixed batch
     notes: tuple[str, ...]
     timings: dict  # seconds per stage
+    weights: dict = field(default_factory=dict)  # where the weights came from (kind, path, ...)
+    data_identity: dict = field(default_factory=dict)  # N, input shape, classes, SHA-256 of X, y
+    world_size: int = 1  # torch.distributed processes that shared the full-data passes
+    backend: str | None = None  # their backend (gloo, nccl), None for one process
+    state_dir: str | None = None  # --state-dir of a resumable run
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,6 +342,11 @@ def _one_line(err: BaseException, limit: int = 240) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _flat(err: BaseException) -> str:
+    """The whole message of ``err`` on one line."""
+    return " ".join(str(err).split()) or type(err).__name__
+
+
 def resolve_device(name: str):
     """``auto`` -> CUDA when available else CPU; bad or absent devices are a ``UsageError``."""
     from nnhessian import resolve_device as _resolve
@@ -286,11 +357,13 @@ def resolve_device(name: str):
         raise UsageError(f"--device {name}: {_one_line(err)}") from None
 
 
-def load_data(config: NetworkConfig):
+def load_data(config: NetworkConfig, *, download: bool = False):
     """The data set of ``config`` (first ``samples`` samples), in float64 on the CPU."""
     import torch
 
-    data = DATA_LOADERS[config.data](data_dir=config.data_dir, dtype=torch.float64)
+    data = DATA_LOADERS[config.data](
+        data_dir=config.data_dir, dtype=torch.float64, download=download, limit=config.samples
+    )
     if config.samples is not None:
         if config.samples > len(data):
             raise UsageError(
@@ -309,11 +382,38 @@ def load_data(config: NetworkConfig):
     return data
 
 
+def data_identity(data, name: str) -> dict:
+    """What identifies the measured data: name, N, input shape, classes, and the SHA-256 of the
+    float64 features and labels (``nnhessian.checkpoint.tensor_sha256``), for provenance."""
+    from nnhessian.checkpoint import tensor_sha256
+
+    digest = hashlib.sha256((tensor_sha256(data.X) + tensor_sha256(data.y)).encode())
+    return {
+        "name": name,
+        "N": len(data),
+        "input_shape": [int(s) for s in data.X.shape[1:]],
+        "num_classes": int(data.num_classes),
+        "sha256": digest.hexdigest(),
+    }
+
+
 def build_model(config: NetworkConfig, data):
     """``nnhessian.models.build`` with the input geometry of ``data`` and a seeded init."""
     from nnhessian import models
 
     X = data.X
+    shape = tuple(int(s) for s in X.shape[1:])
+    need = models.INPUT_SHAPES.get(config.model)
+    if need is not None and shape != need:
+        raise UsageError(
+            f"model {config.model!r} does not fit data {config.data!r}: it needs "
+            f"{'x'.join(map(str, need))} images (--data cifar100), the data are "
+            f"{'x'.join(map(str, shape))}; use mlp, cnn or cnn_bn for them"
+        )
+    if need is not None and config.width is not None:
+        raise UsageError(
+            f"--width applies to mlp, cnn and cnn_bn; {config.model} has the paper's fixed widths"
+        )
     options = {}
     if config.model == "mlp":
         options["in_features"] = int(X[0].numel())
@@ -336,17 +436,42 @@ def build_model(config: NetworkConfig, data):
         raise UsageError(f"--model {config.model}: {_one_line(err)}") from None
 
 
-def load_checkpoint(model, path) -> int | None:
-    """Load a ``torch.save`` file into ``model``; return its epoch (None when not recorded)."""
+def _read_torch_file(path):
     import torch
 
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file is the same usage error
         raise UsageError(
             f"checkpoint {path} is not a readable torch.save file ({type(err).__name__}: "
             f"{_one_line(err, 120)})"
         ) from None
+
+
+def peek_training_checkpoint(path) -> dict | None:
+    """The payload of a ``python -m validation train`` checkpoint, memory-mapped (tensors are
+    read only when touched), or None when ``path`` is something else or unreadable (the full
+    read then says why)."""
+    import torch
+
+    from validation.train import CHECKPOINT_FORMAT
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - not a (zip-format) torch file: not ours to judge here
+        return None
+    if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
+        return obj
+    return None
+
+
+def load_checkpoint(model, path, obj=None) -> int | None:
+    """Load a plain ``torch.save`` file (a state_dict, or a dict holding one) into ``model``;
+    return its epoch (None when not recorded). ``obj``: the file's content when already read."""
+    import torch
+
+    if obj is None:
+        obj = _read_torch_file(path)
     epoch = None
     state = obj
     if isinstance(obj, dict):
@@ -369,6 +494,50 @@ def load_checkpoint(model, path) -> int | None:
     if isinstance(epoch, torch.Tensor):
         epoch = epoch.item()
     return int(epoch) if isinstance(epoch, int | float) and math.isfinite(epoch) else None
+
+
+def load_weights(config: NetworkConfig, data):
+    """The model of ``config`` at its weights: ``(model, epoch, weights)`` on the CPU.
+
+    * a training checkpoint (``python -m validation train``): architecture, constructor options
+      and epoch from the file via :func:`validation.train.load_checkpoint`, which refuses another
+      architecture than ``--model`` and another class count than the data's (one line);
+    * any other ``torch.save`` file: a state_dict for the model built from ``--model`` /
+      ``--width`` (:func:`load_checkpoint`);
+    * no checkpoint: the seeded initialisation (trained later by :func:`train_briefly`).
+
+    ``weights`` describes the source for ``results.json``.
+    """
+    if config.checkpoint is None:
+        model = build_model(config, data)
+        return model, None, {"kind": "trained on the spot", "init_seed": config.seed}
+    if peek_training_checkpoint(config.checkpoint) is not None:
+        from validation import train
+
+        if config.width is not None:
+            raise UsageError(
+                f"--width does not apply to checkpoint {config.checkpoint}: a training "
+                "checkpoint fixes the architecture; leave --width out"
+            )
+        model, epoch, meta = train.load_checkpoint(
+            config.checkpoint, config.model, data.num_classes, device="cpu"
+        )
+        return (
+            model,
+            epoch,
+            {
+                "kind": "training checkpoint",
+                "path": str(config.checkpoint),
+                "model_options": meta["model_options"],
+                "trained_on": meta["data"],
+                "train_seed": meta["seed"],
+                "train_config": meta["config"],
+            },
+        )
+    obj = _read_torch_file(config.checkpoint)
+    model = build_model(config, data)
+    epoch = load_checkpoint(model, config.checkpoint, obj)
+    return model, epoch, {"kind": "state_dict", "path": str(config.checkpoint)}
 
 
 def check_finite_weights(model) -> None:
@@ -469,6 +638,115 @@ def train_briefly(model, data, config: NetworkConfig) -> dict:
     }
 
 
+def _agree(sharding, message: str | None) -> None:
+    """Raise ``UsageError(message)`` -- rank 0's message, on every rank -- when rank 0 found a
+    problem only it can see (its files); one broadcast, so every rank must call this."""
+    if sharding is not None:
+        message = sharding.broadcast_object(message)
+    if message:
+        raise UsageError(message)
+
+
+def _is_main(sharding) -> bool:
+    return sharding is None or sharding.rank == 0
+
+
+def prepare_state_dir(state_dir, sharding=None) -> None:
+    """Create ``state_dir`` (rank 0); a path that cannot be a folder is a ``UsageError``."""
+    message = None
+    if state_dir is not None and _is_main(sharding):
+        try:
+            Path(state_dir).mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            message = f"--state-dir {state_dir} exists and is not a folder"
+        except OSError as err:
+            message = f"--state-dir {state_dir}: cannot create the folder ({err.strerror or err})"
+    _agree(sharding, message)
+
+
+def _model_digest(model) -> str:
+    from nnhessian.checkpoint import tensor_sha256
+
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor_sha256(t).encode())
+    return h.hexdigest()
+
+
+def weights_on_the_spot(model, data, config: NetworkConfig, *, state_dir, sharding, data_sha256):
+    """:func:`train_briefly` -- or, with ``state_dir``, the weights an earlier run of the same
+    configuration trained and saved there (``trained-weights.pt``) -- the same on every rank.
+
+    Saving them makes a killed run resumable where training is not bitwise reproducible (GPU
+    kernels): the saved Lanczos and sigma^2 states are only valid for the same weights. The file
+    is keyed by the initial weights, the data and the training settings; another key is a
+    ``UsageError``. With several processes rank 0 reads / writes the file and broadcasts the
+    trained weights (parameters and buffers) and the training record. Returns the record.
+    """
+    import torch
+
+    from nnhessian.checkpoint import atomic_save
+
+    main = _is_main(sharding)
+    key = {
+        "initial_weights_sha256": _model_digest(model),
+        "data_sha256": data_sha256,
+        "train_epochs": config.train_epochs,
+        "train_batch": config.train_batch,
+        "train_lr": config.train_lr,
+        "train_momentum": config.train_momentum,
+        "seed": config.seed,
+        "dtype": config.dtype,
+    }
+    path = Path(state_dir) / TRAINED_WEIGHTS if state_dir is not None else None
+    message, saved = None, None
+    if main and path is not None and path.exists():
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - any unreadable file
+            message = (
+                f"--state-dir: {path} cannot be read ({type(err).__name__}); delete {state_dir} "
+                "to start afresh"
+            )
+        else:
+            if not (isinstance(saved, dict) and saved.get("format") == TRAINED_FORMAT):
+                message = (
+                    f"--state-dir: {path} is not a file of trained weights of this command; "
+                    f"delete {state_dir} to start afresh"
+                )
+            elif saved["key"] != key:
+                differ = sorted(k for k in key if saved["key"].get(k) != key[k])
+                message = (
+                    f"--state-dir: the weights trained in {state_dir} belong to another run "
+                    f"configuration ({', '.join(differ)} differ): use another state directory, "
+                    "or delete this one to start afresh"
+                )
+    _agree(sharding, message)
+    found = saved is not None
+    if sharding is not None:
+        found = sharding.broadcast_object(found)
+    training = None
+    if found:
+        if main:
+            model.load_state_dict(saved["state"], strict=True)
+            training = dict(saved["training"], resumed_from=str(path))
+        model.eval()
+    else:
+        training = train_briefly(model, data, config)
+        if main and path is not None:
+            state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
+            atomic_save(
+                {"format": TRAINED_FORMAT, "key": key, "state": state, "training": training}, path
+            )
+    if sharding is not None:  # rank 0's weights everywhere (GPU training may differ by rank)
+        with torch.no_grad():
+            for t in model.state_dict().values():
+                sharding.broadcast_(t)
+        training = sharding.broadcast_object(training)
+    return training
+
+
 def dense_hessian(model, data, indices=None, *, chunk: int = 256, vectors: int = 64):
     """Dense Hessian of the mean cross-entropy over ``data`` (or the samples ``indices``).
 
@@ -529,41 +807,93 @@ def _spectrum(operator, B, result, exact=None) -> Spectrum:
     )
 
 
-def run_network(config: NetworkConfig, *, progress=None) -> NetworkResult:
+def run_network(
+    config: NetworkConfig,
+    *,
+    progress=None,
+    context=None,
+    state_dir=None,
+    save_every: int = DEFAULT_SAVE_EVERY,
+    download: bool = False,
+) -> NetworkResult:
     """Every stage of the module docstring; ``progress(stage, done, total)`` as work proceeds.
 
+    ``context``: a :class:`nnhessian.distributed.DistContext` (None or one process: the plain
+    operators). With several processes every rank calls this with the same arguments and makes
+    the same collective calls in the same order (weights broadcast after on-the-spot training,
+    the sharded operator's checks and products, Lanczos broadcasts, state loading); the dense
+    exact check, which holds none, runs on rank 0 only, whose result is the one to write.
+    ``state_dir``: resumable stages (module docstring), ``save_every`` Lanczos steps between
+    saves. ``download``: let the CIFAR-100 loader fetch missing files.
+
     Raises ``UsageError`` (before any output exists) for bad input found on the way: an absent
-    CUDA device, B > N, a checkpoint that is unreadable or does not fit the model, NaN/inf in the
-    weights or the loss, a model that does not fit the data.
+    CUDA device, B > N, more processes than samples, a checkpoint that is unreadable or does not
+    fit the model or the data, NaN/inf in the weights or the loss, a model that does not fit the
+    data, a state directory of another configuration or an unreadable one.
     """
     import torch
 
     from nnhessian import HessianOperator, draw_batch_indices, slq
+    from nnhessian.checkpoint import StateCorruptError, StateMismatchError
     from nnhessian.operators import has_batchnorm
     from nnhessian.sigma2 import sigma2_partition, sigma2_per_sample, sigma2_two_batch
 
     progress = progress or (lambda *a: None)
     timings, notes = {}, []
     clock = time.perf_counter()
-    device = resolve_device(config.device)
+    world = context.world_size if context is not None else 1
+    sharding = None
+    if world > 1:
+        from nnhessian.distributed import Sharding
+
+        sharding = Sharding(context.rank, world)
+        device = context.device
+    else:
+        device = resolve_device(config.device)
+    main = _is_main(sharding)
     dtype = getattr(torch, config.dtype)
-    data = load_data(config)
+    data = load_data(config, download=download)
     N = len(data)
-    model = build_model(config, data)
+    sizes = sorted(set(config.batch_sizes))
+    sigma2_batch = sizes[0] if N // sizes[0] >= 2 else None
+    if world > N:
+        raise UsageError(
+            f"world size {world} exceeds the data set size N = {N:,}: every process needs at "
+            f"least one sample; launch at most {N:,} processes"
+        )
+    if world > 1 and sigma2_batch is not None:
+        parts = -(-N // sigma2_batch)  # the partition estimator's K batches and the left-over
+        if world > parts:
+            raise UsageError(
+                f"world size {world} exceeds the {parts} batches the partition sigma^2 estimator "
+                f"splits over the processes (N = {N:,}, B = {sigma2_batch}): launch at most "
+                f"{parts} processes"
+            )
+    identity = data_identity(data, config.data)
+    model, epoch, weights = load_weights(config, data)
+    trained_on = weights.get("trained_on")
+    if trained_on is not None and trained_on != config.data:
+        notes.append(f"the checkpoint was trained on {trained_on}, measured here on {config.data}")
     if config.policy == "batch-stats" and has_batchnorm(model):
         raise UsageError(
             "--policy batch-stats with a BatchNorm model: the batch loss is not a mean of "
             "per-sample losses, so sigma^2 (paper eq. 9) is undefined; use --policy eval"
         )
-    epoch, training = None, None
-    if config.checkpoint is not None:
-        epoch = load_checkpoint(model, config.checkpoint)
     check_finite_weights(model)
     model = model.to(device=device, dtype=dtype)
     data = data.to(device, dtype)
     check_model_fits_data(model, data, config)
+    prepare_state_dir(state_dir, sharding)
+    training = None
     if config.checkpoint is None:
-        training = train_briefly(model, data, config)
+        training = weights_on_the_spot(
+            model,
+            data,
+            config,
+            state_dir=state_dir,
+            sharding=sharding,
+            data_sha256=identity["sha256"],
+        )
         if config.train_epochs == 0:
             notes.append("--train-epochs 0: the Hessian is measured at the initial weights")
         check_finite_weights(model)
@@ -574,15 +904,22 @@ def run_network(config: NetworkConfig, *, progress=None) -> NetworkResult:
         )
     timings["setup"] = time.perf_counter() - clock
 
-    full_op = HessianOperator.full(
-        model,
-        data,
+    options = dict(
         batch_size=min(config.hvp_batch, N),
         policy=config.policy,
         dtype=dtype,
         device=device,
         progress=False,
     )
+    if sharding is None:
+        full_op = HessianOperator.full(model, data, **options)
+    else:
+        from nnhessian.distributed import sharded_full_operator
+
+        try:
+            full_op = sharded_full_operator(model, data, context=context, **options)
+        except ValueError as err:
+            raise UsageError(f"torch.distributed: {_flat(err)}") from None
     P = full_op.dim
     steps = min(config.steps, P)
     if steps < config.steps:
@@ -592,11 +929,11 @@ def run_network(config: NetworkConfig, *, progress=None) -> NetworkResult:
         raise UsageError(f"--exact yes needs P <= {EXACT_MAX_P:,} (dense P x P), got P = {P:,}")
     if not exact:
         notes.append(f"no exact check (P = {P:,}; dense matrices only up to P = {EXACT_MAX_P:,})")
-    sizes = sorted(set(config.batch_sizes))
+    dense = exact and main  # no collective inside: the other ranks skip it
     totals = {
-        "sigma^2": len(SIGMA2_ESTIMATORS) if N // sizes[0] >= 2 else 1,
+        "sigma^2": len(SIGMA2_ESTIMATORS) if sigma2_batch is not None else 1,
         "SLQ": 1 + 2 * len(sizes),
-        "exact": (1 + len(sizes)) if exact else 0,
+        "exact": (1 + len(sizes)) if dense else 0,
     }
     done = dict.fromkeys(totals, 0)
 
@@ -604,88 +941,107 @@ def run_network(config: NetworkConfig, *, progress=None) -> NetworkResult:
         done[kind] += 1
         progress(f"network {kind}", done[kind], totals[kind])
 
-    clock = time.perf_counter()
-    sigma2 = {}
-    sigma2["per-sample"] = sigma2_per_sample(
-        full_op,
-        probes=config.sigma2_probes,
-        generator=_generator(config.seed, "sigma2 per-sample"),
-        progress=False,
-    )
-    step("sigma^2")
-    sigma2_batch = sizes[0] if N // sizes[0] >= 2 else None
-    if sigma2_batch is None:
-        notes.append(f"partition and two-batch sigma^2 need 2 B <= N; smallest B = {sizes[0]}")
-    else:
-        sigma2["partition"] = sigma2_partition(
+    def stage(name):
+        """The state directory of one stage (None: not resumable)."""
+        return None if state_dir is None else str(Path(state_dir) / name)
+
+    try:
+        clock = time.perf_counter()
+        sigma2 = {}
+        sigma2["per-sample"] = sigma2_per_sample(
             full_op,
-            batch_size=sigma2_batch,
             probes=config.sigma2_probes,
-            generator=_generator(config.seed, "sigma2 partition"),
+            generator=_generator(config.seed, "sigma2 per-sample"),
             progress=False,
+            state_dir=stage("sigma2-per-sample"),
         )
         step("sigma^2")
-        sigma2["two-batch"] = sigma2_two_batch(
+        if sigma2_batch is None:
+            notes.append(f"partition and two-batch sigma^2 need 2 B <= N; smallest B = {sizes[0]}")
+        else:
+            sigma2["partition"] = sigma2_partition(
+                full_op,
+                batch_size=sigma2_batch,
+                probes=config.sigma2_probes,
+                generator=_generator(config.seed, "sigma2 partition"),
+                progress=False,
+                state_dir=stage("sigma2-partition"),
+            )
+            step("sigma^2")
+            sigma2["two-batch"] = sigma2_two_batch(
+                full_op,
+                batch_size=sigma2_batch,
+                probes=config.sigma2_probes,
+                generator=_generator(config.seed, "sigma2 two-batch"),
+                progress=False,
+                state_dir=stage("sigma2-two-batch"),
+            )
+            step("sigma^2")
+        timings["sigma2"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        full_slq = slq(
             full_op,
-            batch_size=sigma2_batch,
-            probes=config.sigma2_probes,
-            generator=_generator(config.seed, "sigma2 two-batch"),
-            progress=False,
-        )
-        step("sigma^2")
-    timings["sigma2"] = time.perf_counter() - clock
-
-    clock = time.perf_counter()
-    full_slq = slq(
-        full_op, steps, config.probes, generator=_generator(config.seed, "slq full"), progress=False
-    )
-    timings["slq"] = time.perf_counter() - clock
-    step("SLQ")
-    clock = time.perf_counter()
-    H_full = dense_hessian(model, data) if exact else None
-    full = _spectrum("full", None, full_slq, _eigvalsh(H_full) if exact else None)
-    timings["exact"] = time.perf_counter() - clock
-    if exact:
-        step("exact")
-
-    batches, noises, indices = {}, {}, {}
-    for B in sizes:
-        idx = draw_batch_indices(N, B, generator=_generator(config.seed, "batch draw", B))
-        indices[B] = idx.numpy()
-        clock = time.perf_counter()
-        batch_op = full_op.batch_operator(idx)
-        batch_slq = slq(
-            batch_op,
             steps,
             config.probes,
-            generator=_generator(config.seed, "slq batch", B),
+            generator=_generator(config.seed, "slq full"),
             progress=False,
+            state_dir=stage("slq-full"),
+            save_every=save_every,
         )
-        step("SLQ")
-        noise_op = full_op.noise_operator(idx)
-        noise_slq = slq(
-            noise_op,
-            steps,
-            config.probes,
-            generator=_generator(config.seed, "slq noise", B),
-            progress=False,
-        )
-        timings["slq"] += time.perf_counter() - clock
+        timings["slq"] = time.perf_counter() - clock
         step("SLQ")
         clock = time.perf_counter()
-        exact_batch = exact_noise = None
-        if exact:
-            H_batch = dense_hessian(model, data, idx)
-            exact_batch = _eigvalsh(H_batch)
-            exact_noise = _eigvalsh(H_batch - H_full)
-            del H_batch
-        batches[B] = _spectrum("batch", B, batch_slq, exact_batch)
-        noises[B] = _spectrum("noise", B, noise_slq, exact_noise)
-        timings["exact"] += time.perf_counter() - clock
-        if exact:
+        H_full = dense_hessian(model, data) if dense else None
+        full = _spectrum("full", None, full_slq, _eigvalsh(H_full) if dense else None)
+        timings["exact"] = time.perf_counter() - clock
+        if dense:
             step("exact")
-        if B == N:
-            notes.append(f"B = N = {N}: the batch is the whole data set, the noise is zero")
+
+        batches, noises, indices = {}, {}, {}
+        for B in sizes:
+            idx = draw_batch_indices(N, B, generator=_generator(config.seed, "batch draw", B))
+            indices[B] = idx.numpy()
+            clock = time.perf_counter()
+            batch_op = full_op.batch_operator(idx)
+            batch_slq = slq(
+                batch_op,
+                steps,
+                config.probes,
+                generator=_generator(config.seed, "slq batch", B),
+                progress=False,
+                state_dir=stage(f"slq-batch-{B}"),
+                save_every=save_every,
+            )
+            step("SLQ")
+            noise_op = full_op.noise_operator(idx)
+            noise_slq = slq(
+                noise_op,
+                steps,
+                config.probes,
+                generator=_generator(config.seed, "slq noise", B),
+                progress=False,
+                state_dir=stage(f"slq-noise-{B}"),
+                save_every=save_every,
+            )
+            timings["slq"] += time.perf_counter() - clock
+            step("SLQ")
+            clock = time.perf_counter()
+            exact_batch = exact_noise = None
+            if dense:
+                H_batch = dense_hessian(model, data, idx)
+                exact_batch = _eigvalsh(H_batch)
+                exact_noise = _eigvalsh(H_batch - H_full)
+                del H_batch
+            batches[B] = _spectrum("batch", B, batch_slq, exact_batch)
+            noises[B] = _spectrum("noise", B, noise_slq, exact_noise)
+            timings["exact"] += time.perf_counter() - clock
+            if dense:
+                step("exact")
+            if B == N:
+                notes.append(f"B = N = {N}: the batch is the whole data set, the noise is zero")
+    except (StateMismatchError, StateCorruptError) as err:
+        raise UsageError(f"--state-dir: {_flat(err)}") from None
 
     return NetworkResult(
         config=config,
@@ -704,6 +1060,11 @@ def run_network(config: NetworkConfig, *, progress=None) -> NetworkResult:
         batch_indices=indices,
         notes=tuple(notes),
         timings=timings,
+        weights=weights,
+        data_identity=identity,
+        world_size=world,
+        backend=context.backend if world > 1 else None,
+        state_dir=str(state_dir) if state_dir is not None else None,
     )
 
 
@@ -1324,6 +1685,10 @@ def write_network(result: NetworkResult, tables: Tables, out, *, started, wall_s
                 "P": result.P,
                 "N": result.N,
                 "epoch": result.epoch,
+                "weights": result.weights,
+                "data_identity": result.data_identity,
+                "distributed": {"world_size": result.world_size, "backend": result.backend},
+                "state_dir": result.state_dir,
                 "batch_sizes": sizes,
                 "sigma2": {
                     name: {
@@ -1370,9 +1735,13 @@ def console_report(result: NetworkResult, tables: Tables) -> list[str]:
         if c.checkpoint
         else f"trained {c.train_epochs} epochs from seed {c.seed}"
     )
+    processes = (
+        f" x {result.world_size} processes ({result.backend})" if result.world_size > 1 else ""
+    )
     lines.append(
         f"network: {c.model} on {c.data}, P = {result.P:,}, N = {result.N:,}, {weights}; "
-        f"{c.dtype} on {result.device}, {result.steps} Lanczos steps x {c.probes} probes"
+        f"{c.dtype} on {result.device}{processes}, {result.steps} Lanczos steps x {c.probes} "
+        "probes"
     )
     for note in result.notes:
         lines.append(f"note: {note}")
@@ -1425,6 +1794,189 @@ def console_report(result: NetworkResult, tables: Tables) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
+# epoch sweeps (--checkpoints): sigma^2 and the extreme eigenvalues over training (Figures 3-4)
+# ---------------------------------------------------------------------------------------------
+
+# epochs.csv: one row per (epoch, B); the sigma^2 columns repeat over the B of an epoch.
+EPOCH_SIDE_COLUMNS = (
+    "lambda_full_{}",  # extreme Lanczos eigenvalue of H_emp
+    "measured_{}",  # of H_B (Lanczos)
+    "measured_{}_se",
+    "predicted_{}",  # Theorem 2 from lambda_full and sigma^2 (per-sample)
+    "predicted_{}_se",
+    "regime_{}",
+    "fc_predicted_{}",  # free-convolution refinement
+    "exact_{}",  # dense check (NaN without it)
+)
+EPOCH_COLUMNS = (
+    "epoch",
+    *(
+        f"sigma2_{name.replace('-', '_')}{part}"
+        for name in SIGMA2_ESTIMATORS
+        for part in ("", "_ci_low", "_ci_high")
+    ),
+    "B",
+    "t",
+    *(c.format(side) for side in ("max", "min") for c in EPOCH_SIDE_COLUMNS),
+    "noise_max",
+    "noise_min",
+    "goe_edge",
+)
+_PER_B_COLUMNS = EPOCH_COLUMNS[EPOCH_COLUMNS.index("B") :]  # taken from each sweep.csv row
+
+
+def _epoch_ranges(epochs) -> str:
+    """``1-5, 10, 20-22``: sorted epochs with consecutive runs collapsed."""
+    epochs = sorted(epochs)
+    parts, start = [], None
+    for i, e in enumerate(epochs):
+        if start is None:
+            start = e
+        if i + 1 == len(epochs) or epochs[i + 1] != e + 1:
+            parts.append(str(start) if start == e else f"{start}-{e}")
+            start = None
+    return ", ".join(parts)
+
+
+def select_checkpoints(folder, epochs, model: str) -> dict[int, Path]:
+    """``{epoch: path}`` of the training checkpoints to measure in ``folder`` (the ``--out`` of
+    ``python -m validation train``): every saved epoch, or ``epochs``.
+
+    All of them are checked before anything runs (memory-mapped, so only their small fields are
+    read): each must be a training checkpoint of the architecture ``model`` and of one class
+    count. A ``UsageError`` (one line) otherwise, or when the folder holds no checkpoints or
+    lacks an epoch asked for.
+    """
+    from validation.train import list_checkpoints
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UsageError(
+            f"--checkpoints {folder} is not a folder (expected the --out folder of "
+            "python -m validation train)"
+        )
+    saved = list_checkpoints(folder)
+    if not saved:
+        raise UsageError(
+            f"--checkpoints {folder}: no checkpoints in {folder / 'checkpoints'} (expected "
+            f"epoch_EEEE.pt files written by python -m validation train --out {folder})"
+        )
+    if epochs:
+        missing = sorted(set(epochs) - set(saved))
+        if missing:
+            raise UsageError(
+                f"--epochs {' '.join(map(str, missing))} not saved in {folder / 'checkpoints'}; "
+                f"saved epochs: {_epoch_ranges(saved)}"
+            )
+        saved = {e: saved[e] for e in sorted(set(epochs))}
+    classes = None
+    for path in saved.values():
+        payload = peek_training_checkpoint(path)
+        if payload is None:
+            raise UsageError(
+                f"checkpoint {path} is not a readable training checkpoint of this suite "
+                "(written by python -m validation train); delete it or choose --epochs without it"
+            )
+        if payload["model_name"] != model:
+            raise UsageError(
+                f"checkpoint {path} holds a {payload['model_name']} model, not {model}; pass "
+                f"--model {payload['model_name']} or a folder of {model} checkpoints"
+            )
+        if classes is not None and int(payload["num_classes"]) != classes:
+            raise UsageError(
+                f"checkpoint {path} has {payload['num_classes']} classes, the others {classes}"
+            )
+        classes = int(payload["num_classes"])
+    return saved
+
+
+def epoch_summary(result: NetworkResult, tables: Tables) -> str:
+    """One console line per measured epoch."""
+    s2 = result.sigma2["per-sample"]
+    lam = result.full.extreme("max")[0]
+    parts = [
+        f"epoch {result.epoch}: sigma^2 {s2.estimate:.4g} [{s2.ci_low:.4g}, {s2.ci_high:.4g}]",
+        f"lambda_max full {lam:.4g}",
+    ]
+    for row in tables.sweep.itertuples():
+        parts.append(
+            f"B={row.B} measured {row.measured_max:.4g} vs Theorem 2 {row.predicted_max:.4g}"
+        )
+    return "; ".join(parts)
+
+
+def epoch_table(folders: dict) -> pd.DataFrame:
+    """``epochs.csv`` from the stored epoch folders (``results.json`` and ``sweep.csv``), so a
+    reused folder and a fresh one enter alike. Columns :data:`EPOCH_COLUMNS`."""
+    from validation.store import read_results
+
+    rows = []
+    for key in sorted(folders):
+        folder = Path(folders[key])
+        stored = read_results(folder)
+        sweep = pd.read_csv(folder / "sweep.csv")
+        epoch = stored.get("epoch")
+        base = {"epoch": key if epoch is None else int(epoch)}
+        for name in SIGMA2_ESTIMATORS:
+            entry = stored["sigma2"].get(name, {})
+            slug = name.replace("-", "_")
+            for part, field_name in (("", "value"), ("_ci_low", "ci_low"), ("_ci_high", "ci_high")):
+                value = entry.get(field_name)
+                base[f"sigma2_{slug}{part}"] = float("nan") if value is None else value
+        for row in sweep.to_dict(orient="records"):
+            rows.append({**base, **{c: row.get(c, float("nan")) for c in _PER_B_COLUMNS}})
+    table = pd.DataFrame(rows, columns=list(EPOCH_COLUMNS))
+    return table.sort_values(["epoch", "B"], kind="stable").reset_index(drop=True)
+
+
+def sigma2_long(table: pd.DataFrame) -> pd.DataFrame:
+    """The sigma^2 columns of an epoch table as ``reports.figures.sigma2_over_epochs`` reads
+    them: series (estimator), epoch, value, ci_low, ci_high; one row per epoch and estimator."""
+    first = table.drop_duplicates("epoch")
+    frames = []
+    for name in SIGMA2_ESTIMATORS:
+        slug = f"sigma2_{name.replace('-', '_')}"
+        if first[slug].notna().any():
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "series": name,
+                        "epoch": first["epoch"],
+                        "value": first[slug],
+                        "ci_low": first[f"{slug}_ci_low"],
+                        "ci_high": first[f"{slug}_ci_high"],
+                    }
+                )
+            )
+    return pd.concat(frames, ignore_index=True)
+
+
+def write_epochs(table, out, *, config: dict, folders: dict, started, wall_seconds) -> None:
+    """``epochs.csv``, ``epochs.png`` (sigma^2, lambda_max and lambda_min against the epoch)
+    and ``results.json`` (kind ``network-epochs``) into ``out``, atomically."""
+    from reports import figures
+    from validation.store import provenance, result_folder
+
+    with result_folder(out) as w:
+        w.csv("epochs.csv", table)
+        fig, (ax_s2, ax_max, ax_min) = figures.new_figure(3, width=5.0)
+        figures.sigma2_over_epochs(ax_s2, sigma2_long(table))
+        figures.extremes_over_epochs(ax_max, table, side="max")
+        figures.extremes_over_epochs(ax_min, table, side="min")
+        w.figure("epochs.png", fig)
+        w.json(
+            "results.json",
+            {
+                "kind": "network-epochs",
+                "provenance": provenance(config, started=started, wall_seconds=wall_seconds),
+                "epochs": sorted(int(e) for e in folders),
+                "folders": {str(e): Path(f).name for e, f in sorted(folders.items())},
+                "files": sorted(w.files + ["results.json"]),
+            },
+        )
+
+
+# ---------------------------------------------------------------------------------------------
 # command line
 # ---------------------------------------------------------------------------------------------
 
@@ -1439,15 +1991,47 @@ def add_parser(sub) -> None:
         description=(
             "Full-data and mini-batch Hessian spectra (SLQ) of a network at the same weights, "
             "sigma^2 (paper eq. 9), Theorem 2 and free-convolution predictions, the noise "
-            "matrix against GOE, and an exact dense check for small models."
+            "matrix against GOE, and an exact dense check for small models. Launched by "
+            "torchrun, the full-data passes are sharded over the processes."
         ),
     )
-    p.add_argument("--model", default=d.model, help="mlp, cnn, cnn_bn (nnhessian.models)")
-    p.add_argument("--data", default=d.data, help=f"data set: {', '.join(DATA_LOADERS)} (offline)")
-    p.add_argument("--data-dir", type=Path, help="folder of a data set read from disk")
-    p.add_argument("--samples", type=_integer, help="use the first n samples (default: all)")
+    p.add_argument(
+        "--model",
+        help="mlp, cnn, cnn_bn, vgg16, vgg16bn, preresnet110 (nnhessian.models; default: the "
+        "training checkpoint's architecture, else mlp)",
+    )
+    p.add_argument("--data", default=d.data, help=f"data set: {', '.join(DATA_LOADERS)}")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        help="folder holding cifar-100-python/ (--data cifar100; default ./data)",
+    )
+    p.add_argument(
+        "--download", action="store_true", help="fetch CIFAR-100 into --data-dir if missing"
+    )
+    p.add_argument(
+        "--samples",
+        type=_integer,
+        help="N: use the first n samples of the data set (default: all; CIFAR-100 50,000)",
+    )
     p.add_argument("--width", type=_integer, help="MLP hidden width / CNN channels")
-    p.add_argument("--checkpoint", type=Path, help="weights saved with torch.save (state_dict)")
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="weights: a checkpoint of 'validation train', or a torch.save state_dict",
+    )
+    p.add_argument(
+        "--checkpoints",
+        type=Path,
+        help="the --out folder of 'validation train': measure every saved epoch into "
+        "<out>/epoch_EEEE/, then epochs.csv and epochs.png",
+    )
+    p.add_argument(
+        "--epochs",
+        type=_integer,
+        nargs="+",
+        help="with --checkpoints: only these saved epochs (e.g. --epochs 10 50 200)",
+    )
     p.add_argument(
         "--train-epochs",
         type=_integer,
@@ -1480,15 +2064,45 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--threads", type=_integer, default=d.threads, help="CPU threads (0: torch's default)"
     )
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        help="save Lanczos / sigma^2 progress here; the same command again resumes a killed run",
+    )
+    p.add_argument(
+        "--save-every",
+        type=_integer,
+        default=DEFAULT_SAVE_EVERY,
+        help="with --state-dir: Lanczos steps between saves",
+    )
     p.add_argument("--out", type=Path, default=Path("results/network"), help="result folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _default_model(args) -> str:
+    """--model when given; else the architecture of the training checkpoint(s), else mlp."""
+    if args.model is not None:
+        return args.model
+    source = getattr(args, "checkpoint", None)
+    folder = getattr(args, "checkpoints", None)
+    if source is None and folder is not None:
+        from validation.train import list_checkpoints
+
+        saved = list_checkpoints(folder) if Path(folder).is_dir() else {}
+        source = next(iter(saved.values()), None)
+    if source is not None and Path(source).is_file():
+        payload = peek_training_checkpoint(source)
+        if payload is not None:
+            return str(payload["model_name"])
+    return NetworkConfig.model
+
+
 def config_from_args(args) -> NetworkConfig:
+    data_dir = args.data_dir if args.data_dir is not None else DEFAULT_DATA_DIR.get(args.data)
     return NetworkConfig(
-        model=args.model,
+        model=_default_model(args),
         data=args.data,
-        data_dir=str(args.data_dir) if args.data_dir is not None else None,
+        data_dir=str(data_dir) if data_dir is not None else None,
         samples=args.samples,
         width=args.width,
         checkpoint=str(args.checkpoint) if args.checkpoint is not None else None,
@@ -1509,21 +2123,85 @@ def config_from_args(args) -> NetworkConfig:
     )
 
 
+def _check_run_options(args) -> None:
+    """The options that say how to run, not what to measure."""
+    if args.checkpoint is not None and args.checkpoints is not None:
+        raise UsageError(
+            "--checkpoint (one set of weights) and --checkpoints (a training folder) exclude "
+            "each other"
+        )
+    if args.epochs is not None and args.checkpoints is None:
+        raise UsageError("--epochs chooses saved epochs of --checkpoints DIR; give that too")
+    if args.epochs is not None and any(e < 0 for e in args.epochs):
+        raise UsageError(f"--epochs must be >= 0, got {' '.join(map(str, args.epochs))}")
+    if args.save_every < 1:
+        raise UsageError(f"--save-every must be >= 1 (Lanczos steps), got {args.save_every}")
+    if args.state_dir is not None and args.state_dir.exists() and not args.state_dir.is_dir():
+        raise UsageError(f"--state-dir {args.state_dir} exists and is not a folder")
+
+
+def _env_rank() -> int:
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def init_context(config: NetworkConfig):
+    """The torch.distributed context under torchrun (``RANK`` and ``WORLD_SIZE`` set), else
+    None (one process). Bad launch settings are a ``UsageError`` printed by every rank (they
+    may differ by rank)."""
+    if not all(k in os.environ for k in ("RANK", "WORLD_SIZE")):
+        return None
+    from nnhessian.distributed import init_from_env
+
+    try:
+        return init_from_env(device=None if config.device == "auto" else config.device)
+    except ValueError as err:
+        error = UsageError(f"torch.distributed (rank {_env_rank()}): {_flat(err)}")
+        error.every_rank = True
+        raise error from None
+
+
 def command(args, started) -> int:
+    """Run, and under torchrun let rank 0 alone report bad input (the same line on each rank;
+    the other ranks exit with status 2 quietly) unless the problem may differ by rank."""
+    try:
+        return _command(args, started)
+    except UsageError as err:
+        if _env_rank() != 0 and not getattr(err, "every_rank", False):
+            raise SystemExit(2) from None
+        raise
+
+
+def _command(args, started) -> int:
     import torch
 
     from validation.cli import Progress
 
+    _check_run_options(args)
     config = config_from_args(args)
+    checkpoints = None
+    if args.checkpoints is not None:
+        checkpoints = select_checkpoints(args.checkpoints, args.epochs, config.model)
+    run = dict(state_dir=args.state_dir, save_every=args.save_every, download=args.download)
     clock = time.perf_counter()
     threads = torch.get_num_threads()
+    context = init_context(config)
+    main = context is None or context.is_main
     try:
         if config.threads > 0:
             torch.set_num_threads(config.threads)
-        with Progress(enabled=not args.quiet) as progress:
-            result = run_network(config, progress=progress)
+        if checkpoints is not None:
+            return _sweep(args, config, checkpoints, context, run, started)
+        with Progress(enabled=not args.quiet and main) as progress:
+            result = run_network(config, progress=progress, context=context, **run)
     finally:
         torch.set_num_threads(threads)
+        if context is not None:
+            context.close()
+    if not main:
+        return 0
     tables = compare(result)
     write_network(
         result, tables, args.out, started=started, wall_seconds=time.perf_counter() - clock
@@ -1531,4 +2209,67 @@ def command(args, started) -> int:
     for line in console_report(result, tables):
         print(line)
     print(f"network: results in {args.out}")
+    return 0
+
+
+def _sweep(args, config, checkpoints, context, run, started) -> int:
+    """Measure every selected epoch into ``<out>/epoch_EEEE/`` (reusing complete folders of
+    the same configuration), then the epoch table and figure. Rank 0 decides reuse and writes."""
+    from datetime import UTC, datetime
+
+    from validation.cli import Progress
+    from validation.store import same_config
+
+    sharding = None
+    if context is not None and context.world_size > 1:
+        from nnhessian.distributed import Sharding
+
+        sharding = Sharding(context.rank, context.world_size)
+    main = _is_main(sharding)
+    clock = time.perf_counter()
+    folders = {}
+    for epoch, path in checkpoints.items():
+        name = EPOCH_FOLDER.format(epoch)
+        folder = Path(args.out) / name
+        cfg = replace(config, checkpoint=str(path))
+        reuse = main and same_config(folder, cfg)
+        if sharding is not None:
+            reuse = sharding.broadcast_object(reuse)
+        folders[epoch] = folder
+        if reuse:
+            if main:
+                print(f"epoch {epoch}: reusing {folder} (same configuration)")
+            continue
+        epoch_started, epoch_clock = datetime.now(UTC), time.perf_counter()
+        state_dir = None if run["state_dir"] is None else Path(run["state_dir"]) / name
+        with Progress(enabled=not args.quiet and main) as progress:
+            result = run_network(
+                cfg, progress=progress, context=context, **dict(run, state_dir=state_dir)
+            )
+        if main:
+            tables = compare(result)
+            write_network(
+                result,
+                tables,
+                folder,
+                started=epoch_started,
+                wall_seconds=time.perf_counter() - epoch_clock,
+            )
+            print(epoch_summary(result, tables))
+    if not main:
+        return 0
+    sweep_config = {
+        "network": config,
+        "checkpoints": str(args.checkpoints),
+        "epochs": sorted(checkpoints),
+    }
+    write_epochs(
+        epoch_table(folders),
+        args.out,
+        config=sweep_config,
+        folders=folders,
+        started=started,
+        wall_seconds=time.perf_counter() - clock,
+    )
+    print(f"network: {len(folders)} epochs ({_epoch_ranges(folders)}); results in {args.out}")
     return 0
