@@ -11,9 +11,23 @@ For each model and HVP implementation ("forward-over-reverse": torch.func.jvp of
 * Lanczos at m = 100 (paper, section 4) with the default method: total time, the time spent
   inside ``matvec``, and the overhead share ``(total - matvec) / total`` (target <= 10%).
 
-``--compare-curvlinops`` also times curvlinops' ``HessianLinearOperator`` on the same data (an
-optional third-party reference, never a test dependency; skipped when not installed) and reports
-the relative difference of the products.
+``--compare`` (default: all of curvlinops pyhessian eigenthings; ``--compare none`` for none)
+times third-party full-data HVPs against ours (the default method, ``HessianOperator.full``) on
+the same model and weights (a deep copy per tool, eval mode, our dtype and device) and the same
+list of batches -- consecutive, the last one uneven unless ``--batch-size`` divides N = 1797:
+
+* curvlinops: ``HessianLinearOperator(model, CrossEntropyLoss(), params, batches) @ v``;
+* PyHessian: ``hessian(model, CrossEntropyLoss(), dataloader=batches).dataloader_hv_product``;
+* hessian-eigenthings: ``HessianOperator(model, batches, supervised_loss(...),
+  full_dataset=True).matvec`` (1.x), or the legacy ``hvp_operator.HVPOperator(...).apply``.
+
+Per tool: ms per HVP, ``tool/ours``, ``rel diff = ||Hv_tool - Hv_ours|| / ||Hv_ours||``, and the
+distance to ``(1/K) sum_b H_b v``, the unweighted mean over the K batch Hessians (computed with
+our ``HessianOperator.batch``). With an uneven last batch this tells how a tool averages: by
+sample count ``n_b / N`` (exact, as ours) or ``1/K`` per batch (hessian-eigenthings 1.0.0a5
+divides by the number of batches, which over-weights the short last batch). These are optional
+third-party references (``pip install .[bench]``), never test dependencies; a tool that is not
+installed or fails is reported as skipped with the reason.
 
 Times are medians over ``--repeats`` after one warm-up call. Uses torch's intra-op thread count
 (``--threads`` overrides). Needs no GPU; ``--device cuda`` measures there when present.
@@ -23,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.metadata
 import json
 import platform
 import statistics
@@ -77,31 +92,191 @@ class _TimedOperator:
         return out
 
 
-def bench_curvlinops(model, data, *, batch_size, repeats, op, v):
-    """Time curvlinops' Hessian product on the same batches (model in eval mode)."""
+TOOLS = ("curvlinops", "pyhessian", "eigenthings")
+_DISTRIBUTIONS = {
+    "curvlinops": "curvlinops-for-pytorch",
+    "pyhessian": "PyHessian",
+    "eigenthings": "hessian-eigenthings",
+}
+
+
+class _Skip(Exception):
+    """A third-party tool that cannot run: not installed, or an API this script does not know."""
+
+
+def _version(tool: str) -> str:
+    try:
+        return importlib.metadata.version(_DISTRIBUTIONS[tool])
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
+
+
+def _flat(tensors) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def _split_like(v: torch.Tensor, params) -> list[torch.Tensor]:
+    sizes = [p.numel() for p in params]
+    return [t.view_as(p) for t, p in zip(torch.split(v, sizes), params, strict=True)]
+
+
+def _curvlinops_hvp(model, batches):
+    """curvlinops' ``HessianLinearOperator``: batches weighted by ``n_b / N`` (mean reduction)."""
     try:
         with warnings.catch_warnings():  # its dependencies use the deprecated torch.jit.script
             warnings.simplefilter("ignore", FutureWarning)
             from curvlinops import HessianLinearOperator
-    except ImportError:
-        return None
-    m = copy.deepcopy(model).to(device=op.device, dtype=op.dtype).eval()
-    params = [p for p in m.parameters() if p.requires_grad]
-    batches = [(X.to(op.device, op.dtype), y.to(op.device)) for X, y in data.batches(batch_size)]
+    except ImportError as exc:
+        raise _Skip(f"not installed ({exc})") from exc
+    params = [p for p in model.parameters() if p.requires_grad]
     H = HessianLinearOperator(
-        m, torch.nn.CrossEntropyLoss(reduction="mean"), params, batches, check_deterministic=False
+        model,
+        torch.nn.CrossEntropyLoss(reduction="mean"),
+        params,
+        batches,
+        check_deterministic=False,
     )
-    t = _median_time(lambda: H @ v, repeats, op.device)
+    return lambda v: H @ v
+
+
+def _pyhessian_hvp(model, batches):
+    """PyHessian's ``hessian(..., dataloader=...).dataloader_hv_product`` (weights by ``n_b``)."""
+    try:
+        from pyhessian import hessian
+    except ImportError as exc:
+        raise _Skip(f"not installed ({exc})") from exc
+    device = next(model.parameters()).device
+    H = hessian(model, torch.nn.CrossEntropyLoss(), dataloader=batches, cuda=device.type == "cuda")
+
+    def hvp(v):
+        _, Hv = H.dataloader_hv_product(_split_like(v, H.params))
+        return _flat(Hv)
+
+    return hvp
+
+
+def _eigenthings_hvp(model, batches):
+    """hessian-eigenthings' full-data operator (averages the batch Hessians, ``1/K`` each).
+
+    Its current API (1.x: ``HessianOperator(model, dataloader, loss_fn, full_dataset=True)``) and
+    the legacy one (0.x: ``hvp_operator.HVPOperator(model, dataloader, criterion, use_gpu=...,
+    full_dataset=True).apply``) are both tried.
+    """
+    try:
+        import hessian_eigenthings as he
+    except ImportError as exc:
+        raise _Skip(f"not installed ({exc})") from exc
+    device = next(model.parameters()).device
+    criterion = torch.nn.CrossEntropyLoss()
+    if hasattr(he, "HessianOperator") and hasattr(he, "supervised_loss"):
+        H = he.HessianOperator(model, batches, he.supervised_loss(criterion), full_dataset=True)
+        return H.matvec
+    try:
+        from hessian_eigenthings.hvp_operator import HVPOperator
+    except ImportError as exc:
+        raise _Skip(f"neither HessianOperator nor hvp_operator.HVPOperator found ({exc})") from exc
+    H = HVPOperator(model, batches, criterion, use_gpu=device.type == "cuda", full_dataset=True)
+    return H.apply
+
+
+_TOOL_HVPS = {
+    "curvlinops": _curvlinops_hvp,
+    "pyhessian": _pyhessian_hvp,
+    "eigenthings": _eigenthings_hvp,
+}
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b))
+
+
+def _batch_count_mean(model, data, *, batch_size, op, method, v) -> torch.Tensor:
+    """``(1/K) sum_b H_b v`` over the same K batches (what a tool dividing by K computes)."""
+    acc = torch.zeros_like(v)
+    N, K = len(data), data.num_batches(batch_size)
+    for start in range(0, N, batch_size):
+        hb = HessianOperator.batch(
+            model,
+            data,
+            list(range(start, min(start + batch_size, N))),
+            dtype=op.dtype,
+            device=op.device,
+            method=method,
+            progress=False,
+            verify=False,
+        )
+        acc += hb.matvec(v)
+    return acc / K
+
+
+def compare_tools(tools, model, data, *, batch_size, repeats, op, method, v, ours_ms):
+    """One row per tool: ms per full-data HVP and its distance to ours, or why it was skipped.
+
+    Every tool gets a deep copy of the same model (same weights, eval mode, ``op``'s dtype and
+    device) and the same list of batches as ours: consecutive, last one uneven unless the batch
+    size divides N. ``rel_diff`` is ``||Hv_tool - Hv_ours|| / ||Hv_ours||``; ``rel_diff_batch_mean``
+    measures the tool against the unweighted mean of the batch Hessians, ``(1/K) sum_b H_b v``.
+    """
     ours = op.matvec(v)
-    diff = float(torch.linalg.vector_norm(H @ v - ours) / torch.linalg.vector_norm(ours))
-    return {"hvp_ms": 1e3 * t, "rel_diff": diff}
+    N = len(data)
+    batches = [(X.to(op.device, op.dtype), y.to(op.device)) for X, y in data.batches(batch_size)]
+    uneven = N % batch_size != 0
+    per_batch = _batch_count_mean(model, data, batch_size=batch_size, op=op, method=method, v=v)
+    gap = _rel(per_batch, ours)  # what dividing by K instead of weighting by n_b changes
+    # Agreement threshold: far above float rounding, far below the uneven-batch effect.
+    tol = 1e-3 if op.dtype == torch.float32 else 1e-9
+    rows = []
+    for tool in tools:
+        row = {
+            "tool": tool,
+            "version": _version(tool),
+            "model": "",
+            "batches": f"{len(batches)} ({N // batch_size} x {batch_size}"
+            + (f" + 1 x {N % batch_size})" if uneven else ")"),
+            "ours_ms": ours_ms,
+            "batch_mean_vs_ours": gap,
+        }
+        try:
+            m = copy.deepcopy(model).to(device=op.device, dtype=op.dtype).eval()
+            hvp = _TOOL_HVPS[tool](m, batches)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                t = _median_time(lambda hvp=hvp: hvp(v), repeats, op.device)
+                out = hvp(v).detach().to(device=ours.device, dtype=ours.dtype)
+        except _Skip as exc:
+            rows.append({**row, "skipped": str(exc)})
+            continue
+        except Exception as exc:  # a tool that fails is reported, never stops the benchmark
+            rows.append({**row, "skipped": f"failed: {type(exc).__name__}: {exc}"})
+            continue
+        d_ours, d_mean = _rel(out, ours), _rel(out, per_batch)
+        if not uneven or gap <= tol:
+            weighting = "agrees" if d_ours <= tol else "differs"
+        elif d_ours <= tol:
+            weighting = "by n_b (exact)"
+        elif d_mean <= tol:
+            weighting = "1/K per batch"
+        else:
+            weighting = "neither"
+        rows.append(
+            {
+                **row,
+                "hvp_ms": 1e3 * t,
+                "ratio_vs_ours": 1e3 * t / ours_ms,
+                "rel_diff": d_ours,
+                "rel_diff_batch_mean": d_mean,
+                "weighting": weighting,
+            }
+        )
+    return rows
 
 
-def bench_model(name, *, batch_size, repeats, dtype, device, lanczos_steps, compare=False):
+def bench_model(name, *, batch_size, repeats, dtype, device, lanczos_steps, compare=()):
     images = name != "mlp"
     data = load_digits(images=images)
     model = build(name, 10, generator=torch.Generator().manual_seed(0))
-    rows = []
+    rows, ops = [], {}
+    v = None
     for method in METHODS:
         op = HessianOperator.full(
             model,
@@ -113,10 +288,12 @@ def bench_model(name, *, batch_size, repeats, dtype, device, lanczos_steps, comp
             progress=False,
             verify=False,
         )
-        v = torch.randn(op.dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-        v = v.to(device=op.device, dtype=op.dtype)
+        if v is None:
+            v = torch.randn(op.dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+            v = v.to(device=op.device, dtype=op.dtype)
         t_grad = _median_time(op.loss_and_gradient, repeats, op.device)
         t_hvp = _median_time(lambda op=op, v=v: op.matvec(v), repeats, op.device)
+        ops[method] = op
         rows.append(
             {
                 "model": name,
@@ -129,22 +306,23 @@ def bench_model(name, *, batch_size, repeats, dtype, device, lanczos_steps, comp
                 "ratio": t_hvp / t_grad,
             }
         )
+    tool_rows = []
     if compare:
-        cl = bench_curvlinops(model, data, batch_size=batch_size, repeats=repeats, op=op, v=v)
-        if cl is not None:
-            rows.append(
-                {
-                    "model": name,
-                    "P": num_parameters(model),
-                    "N": len(data),
-                    "batch_size": batch_size,
-                    "method": "curvlinops",
-                    "grad_ms": rows[-1]["grad_ms"],
-                    "hvp_ms": cl["hvp_ms"],
-                    "ratio": cl["hvp_ms"] / rows[-1]["grad_ms"],
-                    "rel_diff_vs_ours": cl["rel_diff"],
-                }
-            )
+        ref = AUTO_ORDER[0]  # the default method is the reference
+        ours_ms = next(r["hvp_ms"] for r in rows if r["method"] == ref)
+        tool_rows = compare_tools(
+            compare,
+            model,
+            data,
+            batch_size=batch_size,
+            repeats=repeats,
+            op=ops[ref],
+            method=ref,
+            v=v,
+            ours_ms=ours_ms,
+        )
+        for r in tool_rows:
+            r["model"] = name
     op = HessianOperator.full(
         model, data, batch_size=batch_size, dtype=dtype, device=device, progress=False, verify=False
     )
@@ -163,7 +341,34 @@ def bench_model(name, *, batch_size, repeats, dtype, device, lanczos_steps, comp
         "overhead_share": (total - timed.seconds) / total,
         "breakdown": res.breakdown,
     }
-    return rows, lz
+    return rows, tool_rows, lz
+
+
+def _print_tools(rows) -> None:
+    print(
+        f"\nThird-party full-data HVPs vs ours ({AUTO_ORDER[0]}), same model, weights, batches; "
+        "rel diff = ||Hv_tool - Hv_ours|| / ||Hv_ours||, vs 1/K = against (1/K) sum_b H_b v"
+    )
+    print(
+        f"{'model':8} {'tool':12} {'version':9} {'batches':18} {'ours ms':>8} {'tool ms':>8} "
+        f"{'tool/ours':>9} {'rel diff':>9} {'vs 1/K':>9}  weighting"
+    )
+    for r in rows:
+        head = (
+            f"{r['model']:8} {r['tool']:12} {r['version']:9} {r['batches']:18} {r['ours_ms']:8.2f}"
+        )
+        if "skipped" in r:
+            print(f"{head}  skipped: {r['skipped']}")
+            continue
+        print(
+            f"{head} {r['hvp_ms']:8.2f} {r['ratio_vs_ours']:9.2f} {r['rel_diff']:9.1e} "
+            f"{r['rel_diff_batch_mean']:9.1e}  {r['weighting']}"
+        )
+    gaps = {r["model"]: r["batch_mean_vs_ours"] for r in rows}
+    print(
+        "(1/K) sum_b H_b v vs ours (sample-weighted): "
+        + ", ".join(f"{m} {g:.1e}" for m, g in gaps.items())
+    )
 
 
 def main(argv=None) -> int:
@@ -175,7 +380,13 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--lanczos-steps", type=int, default=100)
-    parser.add_argument("--compare-curvlinops", action="store_true")
+    parser.add_argument(
+        "--compare",
+        nargs="+",
+        choices=(*TOOLS, "none"),
+        default=list(TOOLS),
+        help="third-party HVPs to time against ours (default: all; 'none' for no comparison)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)
     if args.threads:
@@ -187,26 +398,29 @@ def main(argv=None) -> int:
         f"{torch.get_num_threads()} threads, device {device}, {args.dtype}, "
         f"batch {args.batch_size}, median of {args.repeats}; auto order {AUTO_ORDER}"
     )
-    all_rows, all_lz = [], []
+    compare = [t for t in dict.fromkeys(args.compare) if t != "none"]
+    all_rows, all_tools, all_lz = [], [], []
     print(f"{'model':8} {'P':>5} {'method':22} {'grad ms':>9} {'hvp ms':>9} {'hvp/grad':>9}")
     for name in args.models:
-        rows, lz = bench_model(
+        rows, tool_rows, lz = bench_model(
             name,
             batch_size=args.batch_size,
             repeats=args.repeats,
             dtype=dtype,
             device=device,
             lanczos_steps=args.lanczos_steps,
-            compare=args.compare_curvlinops,
+            compare=compare,
         )
         for r in rows:
             print(
                 f"{r['model']:8} {r['P']:5d} {r['method']:22} {r['grad_ms']:9.2f} "
                 f"{r['hvp_ms']:9.2f} {r['ratio']:9.2f}"
-                + (f"  (|diff| {r['rel_diff_vs_ours']:.1e})" if "rel_diff_vs_ours" in r else "")
             )
         all_rows += rows
+        all_tools += tool_rows
         all_lz.append(lz)
+    if all_tools:
+        _print_tools(all_tools)
     print(f"\nLanczos m = {args.lanczos_steps} (full reorthogonalisation), default method")
     print(f"{'model':8} {'method':22} {'total s':>8} {'matvec s':>9} {'overhead':>9}")
     for lz in all_lz:
@@ -219,6 +433,7 @@ def main(argv=None) -> int:
             json.dumps(
                 {
                     "hvp": all_rows,
+                    "compare": all_tools,
                     "lanczos": all_lz,
                     "torch": torch.__version__,
                     "threads": torch.get_num_threads(),
