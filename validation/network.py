@@ -2189,27 +2189,43 @@ def _command(args, started) -> int:
     threads = torch.get_num_threads()
     context = init_context(config)
     main = context is None or context.is_main
+    finished = False
     try:
         if config.threads > 0:
             torch.set_num_threads(config.threads)
         if checkpoints is not None:
-            return _sweep(args, config, checkpoints, context, run, started)
+            status = _sweep(args, config, checkpoints, context, run, started)
+            finished = True
+            return status
         with Progress(enabled=not args.quiet and main) as progress:
             result = run_network(config, progress=progress, context=context, **run)
+        if main:
+            tables = compare(result)
+            write_network(
+                result, tables, args.out, started=started, wall_seconds=time.perf_counter() - clock
+            )
+            for line in console_report(result, tables):
+                print(line)
+            print(f"network: results in {args.out}")
+        finished = True
+        return 0
     finally:
         torch.set_num_threads(threads)
-        if context is not None:
-            context.close()
-    if not main:
-        return 0
-    tables = compare(result)
-    write_network(
-        result, tables, args.out, started=started, wall_seconds=time.perf_counter() - clock
-    )
-    for line in console_report(result, tables):
-        print(line)
-    print(f"network: results in {args.out}")
-    return 0
+        close_context(context, finished=finished)
+
+
+def close_context(context, *, finished: bool) -> None:
+    """End the process group. After a run that finished on this rank, first a barrier: every
+    rank leaves together once rank 0 has written the results (a gloo rank that exited while rank 0
+    was still writing was seen to abort at interpreter exit, about 1 run in 8)."""
+    if context is None:
+        return
+    if finished and context.world_size > 1:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.barrier()
+    context.close()
 
 
 def _sweep(args, config, checkpoints, context, run, started) -> int:
