@@ -111,16 +111,44 @@ def load_run(folder, *, label: str | None = None) -> Run:
     if kind not in KINDS:
         raise RunFolderError(
             f"{path}: unknown kind {kind!r}; accepted: {', '.join(KINDS)} "
-            "(the folders written by python -m validation synthetic, paper, network)"
+            "(the folders written by python -m validation synthetic, paper, network; "
+            "an epoch sweep of network --checkpoints stands for its epoch folders)"
         )
     if label is None:
         label = kind if folder.name == kind else f"{kind}: {folder.name}"
     return Run(folder=folder, kind=kind, label=label, results=results)
 
 
+def expand_epoch_sweeps(folders) -> list[Path]:
+    """Folders as given, except that an epoch sweep (``results.json`` of kind ``network-epochs``,
+    written by ``python -m validation network --checkpoints``) stands for its epoch folders."""
+    out = []
+    for folder in map(Path, folders):
+        try:
+            results = json.loads((folder / "results.json").read_text())
+        except (OSError, ValueError, UnicodeDecodeError):
+            results = None
+        if isinstance(results, dict) and results.get("kind") == "network-epochs":
+            names = results.get("folders")
+            if not isinstance(names, dict) or not names:
+                raise RunFolderError(f"{folder / 'results.json'}: an epoch sweep without folders")
+            out.extend(folder / str(name) for _, name in sorted(names.items(), key=_epoch_key))
+        else:
+            out.append(folder)
+    return out
+
+
+def _epoch_key(item):
+    try:
+        return (0, int(item[0]))
+    except (TypeError, ValueError):
+        return (1, str(item[0]))
+
+
 def load_runs(folders) -> list[Run]:
-    """Every folder as a ``Run``; labels made unique (parent folder added, then a number)."""
-    runs = [load_run(f) for f in folders]
+    """Every folder as a ``Run`` (epoch sweeps expanded into their epoch folders); labels made
+    unique (parent folder added, then a number)."""
+    runs = [load_run(f) for f in expand_epoch_sweeps(folders)]
     seen: dict[str, int] = {}
     out = []
     for run in runs:

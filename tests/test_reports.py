@@ -461,3 +461,24 @@ def test_figure_names_stay_distinct_when_labels_slug_alike(tmp_path):
     assert len(built.figures) == 9
     for name in built.figures:
         assert built.markdown.count(f"]({name})") == 1
+
+
+def test_an_epoch_sweep_folder_stands_for_its_epoch_folders(tmp_path):
+    sweep = tmp_path / "sweep"
+    for epoch, sigma2 in ((200, 2.0e-3), (10, 5.0e-3)):
+        write_fake_network(sweep / f"epoch_{epoch:04d}", epoch=epoch, sigma2=sigma2)
+    (sweep / "results.json").write_text(
+        json.dumps(
+            {
+                "kind": "network-epochs",
+                "folders": {"200": "epoch_0200", "10": "epoch_0010"},
+                "files": ["results.json"],
+            }
+        )
+    )
+    runs = load_runs([sweep])
+    assert [r.folder.name for r in runs] == ["epoch_0010", "epoch_0200"]  # by epoch
+    assert {r.kind for r in runs} == {"network"}
+    (sweep / "results.json").write_text(json.dumps({"kind": "network-epochs", "folders": {}}))
+    with pytest.raises(RunFolderError, match="epoch sweep without folders"):
+        load_runs([sweep])
