@@ -40,7 +40,8 @@ def add_parser(sub) -> None:
         type=Path,
         nargs="+",
         metavar="FOLDER",
-        help="result folders holding results.json (synthetic, paper or network runs, or a network epoch sweep)",
+        help="result folders holding results.json (synthetic, paper or network runs, "
+        "or a network epoch sweep)",
     )
     parser.add_argument(
         "--out", type=Path, default=DEFAULT_OUT, help=f"report folder (default {DEFAULT_OUT})"
