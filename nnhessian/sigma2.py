@@ -185,6 +185,18 @@ def _probe_seeds(probes, generator) -> tuple[int, ...]:
     return tuple(int(s) for s in torch.randint(0, 2**62, (probes,), generator=generator))
 
 
+def _pending(loop, desc: str, probes: int, progress):
+    """The probes ``loop`` has still to do, with a tqdm bar that counts resumed ones as done."""
+    return tqdm(
+        loop.pending(),
+        desc=desc,
+        total=probes,
+        initial=loop.resumed,
+        leave=False,
+        disable=(not progress) if progress is not None else None,
+    )
+
+
 def _probe_loop(op, kind, probes, generator, state_dir, save_every, **settings) -> ProbeLoop:
     """The probe seeds drawn from ``generator`` -- or the saved run's, resumed from state_dir."""
     _check_probes(probes, generator)
@@ -271,14 +283,7 @@ def sigma2_per_sample(
     seeds = loop.seeds
     ps = op.per_sample(chunk_size=chunk_size)
     P = op.dim
-    for _, seed in tqdm(
-        loop.pending(),
-        desc="sigma^2 per-sample probes",
-        total=probes,
-        initial=loop.resumed,
-        leave=False,
-        disable=(not progress) if progress is not None else None,
-    ):
+    for _, seed in _pending(loop, "sigma^2 per-sample probes", probes, progress):
         v = draw_probe(
             P,
             generator=torch.Generator().manual_seed(seed),
@@ -345,14 +350,7 @@ def sigma2_partition(
     seeds = loop.seeds
     engine = op._engine
     P = op.dim
-    for _, seed in tqdm(
-        loop.pending(),
-        desc="sigma^2 partition probes",
-        total=probes,
-        initial=loop.resumed,
-        leave=False,
-        disable=(not progress) if progress is not None else None,
-    ):
+    for _, seed in _pending(loop, "sigma^2 partition probes", probes, progress):
         g = torch.Generator().manual_seed(seed)
         v = draw_probe(P, generator=g, distribution=distribution, dtype=op.dtype, device=op.device)
         batches, leftover = draw_partition(N, batch_size, generator=g)
@@ -452,14 +450,7 @@ def sigma2_two_batch(
     seeds = loop.seeds
     engine = op._engine
     P = op.dim
-    for _, seed in tqdm(
-        loop.pending(),
-        desc="sigma^2 two-batch probes",
-        total=probes,
-        initial=loop.resumed,
-        leave=False,
-        disable=(not progress) if progress is not None else None,
-    ):
+    for _, seed in _pending(loop, "sigma^2 two-batch probes", probes, progress):
         g = torch.Generator().manual_seed(seed)
         v = draw_probe(P, generator=g, distribution=distribution, dtype=op.dtype, device=op.device)
         perm = torch.randperm(N, generator=g)
