@@ -131,3 +131,12 @@ def test_paper_parametrisation_sets_t_per_dimension(tmp_path):
     assert main(["synthetic", *args, *toy, "--method", "dense", "--out", str(out)]) == 0
     table = pd.read_csv(out / "extremes.csv")
     assert sorted(set(zip(table.P, table.t.round(12), strict=True))) == [(100, 1.0), (200, 2.0)]
+
+
+def test_tiny_histogram_dimension_whose_eigenvalues_leave_the_support(tmp_path):
+    # at P = 10 sampled eigenvalues fall outside the limiting support; the W1 grid must cover them
+    out = tmp_path / "tiny"
+    args = ["synthetic", "--P", "10", "--trials", "2", "--method", "dense"]
+    args += ["--sweep-points", "0", "--histogram-P", "10", "--quiet", "--out", str(out)]
+    assert main(args) == 0
+    assert (out / "free_convolution.csv").exists()

@@ -153,6 +153,10 @@ def main(argv=None) -> int:
     started = datetime.now(UTC)
     try:
         args = build_parser().parse_args(argv)
+        if isinstance(getattr(args, "out", None), Path):
+            from validation.store import check_writable
+
+            check_writable(args.out)
         if args.command == "synthetic":
             return _synthetic(args, started)
         if args.command == "paper":

@@ -126,6 +126,27 @@ def result_folder(out: Path):
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def check_writable(out: Path) -> None:
+    """Raise ``UsageError`` (one line) unless a result folder can be written at ``out``: it is a
+    folder or does not exist yet, and its nearest existing ancestor accepts a new folder (probed
+    by creating and removing one, so nothing is left behind)."""
+    from validation.errors import UsageError
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a folder")
+    ancestor = out.absolute()
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UsageError(f"--out {out}: {ancestor} is not a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".write-probe-", dir=ancestor))
+    except OSError as exc:
+        reason = exc.strerror or exc.__class__.__name__
+        raise UsageError(f"--out {out}: cannot write into {ancestor} ({reason})") from None
+
+
 def read_results(folder: Path) -> dict:
     """Load ``results.json`` of a result folder."""
     with open(Path(folder) / "results.json") as fh:

@@ -241,7 +241,9 @@ def bulk_spectrum(config: SyntheticConfig, *, rng) -> tuple[SpectrumDraw, pd.Dat
         W = sample_goe(P, t=t, rng=np.random.default_rng(stream))
         draws.append(np.linalg.eigvalsh(np.diag(diagonal) + W))
     support = free_convolution_support(atoms, weights, t)
-    lo, hi = support[0][0], support[-1][1]
+    # the grid covers the support and every sampled eigenvalue (at small P some lie outside)
+    lo = min(support[0][0], min(d[0] for d in draws))
+    hi = max(support[-1][1], max(d[-1] for d in draws))
     pad = 0.05 * (hi - lo)
     grid = np.linspace(lo - pad, hi + pad, 2001)
     density = free_convolution_density(atoms, weights, t, grid)
