@@ -8,7 +8,12 @@ torch lives here (never matplotlib). Stages, each a pure function or a small obj
 * :mod:`nnhessian.operators` -- :class:`HessianOperator` (full data, fixed batch, noise =
   batch - full; per-sample Hessians) with Pearlmutter HVPs;
 * :mod:`nnhessian.lanczos` -- :func:`lanczos` with full reorthogonalisation, SLQ, densities;
-* :mod:`nnhessian.sigma2` -- estimators of sigma^2 (paper eq. 9).
+* :mod:`nnhessian.sigma2` -- estimators of sigma^2 (paper eq. 9);
+* :mod:`nnhessian.cifar` -- CIFAR-100 from a user folder (torchvision's pickle layout);
+* :mod:`nnhessian.checkpoint` -- resumable state of long Lanczos / sigma^2 runs;
+* :mod:`nnhessian.distributed` -- the full-data passes sharded over torch.distributed ranks.
+
+The last three are imported on demand (``import nnhessian.distributed``).
 """
 
 from nnhessian import models
