@@ -392,8 +392,11 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> dict:
+def main(argv=None) -> dict | None:
     args = parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("gpu_check: skipped, no CUDA device here (use --device cpu for a CPU smoke run)")
+        return None
     result = run(args)
     print(table(result))
     args.out.parent.mkdir(parents=True, exist_ok=True)
