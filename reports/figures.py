@@ -208,6 +208,9 @@ def batch_sweep(ax, sweep):
     ``sweep`` has columns ``B``, ``measured_max``, ``predicted_max``, ``predicted_max_se``,
     ``lambda_full_max`` and, when present, ``exact_max``, ``fc_predicted_max``,
     ``edge_law_max`` and ``outlier_law_max`` (least-squares fits of c sqrt(f) and theta + c f).
+    With several batch draws per B (``batch_draws`` and ``measured_max_draw_se`` present)
+    ``measured_max`` is the mean over the draws, drawn with error bars ``measured_max_se`` (the
+    standard error over draws with the Lanczos error), and ``exact_max`` belongs to draw 0.
     """
     B = sweep["B"].to_numpy(dtype=float)
     ax.errorbar(
@@ -222,9 +225,23 @@ def batch_sweep(ax, sweep):
     )
     if "fc_predicted_max" in sweep:
         ax.plot(B, sweep["fc_predicted_max"], "^:", ms=4, color="#ff7f0e", label="free convolution")
-    ax.plot(B, sweep["measured_max"], "o-", ms=5, color=MEASURED, label="measured (Lanczos)")
+    draws = "measured_max_draw_se" in sweep and "batch_draws" in sweep
+    if draws:
+        ax.errorbar(
+            B,
+            sweep["measured_max"],
+            yerr=sweep["measured_max_se"],
+            fmt="o-",
+            ms=5,
+            color=MEASURED,
+            capsize=3,
+            label=f"measured (Lanczos, mean +- se of {int(sweep['batch_draws'].iloc[0])} batches)",
+        )
+    else:
+        ax.plot(B, sweep["measured_max"], "o-", ms=5, color=MEASURED, label="measured (Lanczos)")
     if "exact_max" in sweep and np.isfinite(sweep["exact_max"]).any():
-        ax.plot(B, sweep["exact_max"], "+", ms=10, color="black", label="exact (dense)")
+        label = "exact (dense, batch draw 0)" if draws else "exact (dense)"
+        ax.plot(B, sweep["exact_max"], "+", ms=10, color="black", label=label)
     if "edge_law_max" in sweep:
         ax.plot(B, sweep["edge_law_max"], "-", lw=0.8, color="#2ca02c", label="fit: c sqrt(f)")
         ax.plot(B, sweep["outlier_law_max"], "-", lw=0.8, color="#9467bd", label="fit: theta + c f")

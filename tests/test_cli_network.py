@@ -42,7 +42,8 @@ from validation.synthetic import wasserstein1_to_density
 N_TOY, WIDTH, SIZES = 120, 2, (8, 30)
 FILES = {
     "results.json", "summary.csv", "ritz.csv", "density.csv", "sigma2.csv", "sweep.csv",
-    "ritz_full_vs_batch.png", "density.png", "noise_spectrum.png", "batch_sweep.png",
+    "batch_draws.csv", "ritz_full_vs_batch.png", "density.png", "noise_spectrum.png",
+    "batch_sweep.png",
 }  # fmt: skip
 
 
@@ -166,6 +167,83 @@ def test_files_schema_and_provenance(toy_run):
     assert density.loc[density.curve == "full", "B"].isna().all()
     sweep = pd.read_csv(toy_run / "sweep.csv")
     assert list(sweep.B) == list(SIZES)
+    # one draw per B (the default): batch_draws.csv holds the sweep's measured extremes
+    assert results["batch_draws"] == 1 and "batch_draws" not in sweep
+    draws = pd.read_csv(toy_run / "batch_draws.csv")
+    assert list(draws.columns) == ["B", "draw", "lambda_max", "lambda_min"]
+    assert list(draws.B) == list(SIZES) and (draws.draw == 0).all()
+    for side in ("max", "min"):
+        assert list(draws[f"lambda_{side}"]) == list(sweep[f"measured_{side}"])
+
+
+DRAWS = 3
+
+
+@pytest.fixture(scope="module")
+def draws_run(tmp_path_factory, checkpoint):
+    out = tmp_path_factory.mktemp("net") / "draws"
+    assert main(toy_args(out, checkpoint, "--batch-draws", str(DRAWS))) == 0
+    return out
+
+
+def test_batch_draws_match_exact_eigenvalues_and_make_the_sweep(toy_run, draws_run, exact):
+    """K = 3 batches per B: each draw's extremes against the dense eigenvalues of that batch;
+    the sweep and the Theorem 2 rows hold their mean and standard error over the draws."""
+    results = json.loads((draws_run / "results.json").read_text())
+    assert results["batch_draws"] == results["provenance"]["config"]["batch_draws"] == DRAWS
+    table = pd.read_csv(draws_run / "batch_draws.csv")
+    assert list(table.columns) == ["B", "draw", "lambda_max", "lambda_min"]
+    assert len(table) == DRAWS * len(SIZES)
+    sweep = pd.read_csv(draws_run / "sweep.csv").set_index("B")
+    single = pd.read_csv(toy_run / "sweep.csv").set_index("B")
+    summary = pd.read_csv(draws_run / "summary.csv")
+    data = load_digits(images=True, dtype=torch.float64)
+    X, y = data.X[:N_TOY], data.y[:N_TOY]
+    model = toy_model()
+    P = exact["H"].shape[0]
+    for B in SIZES:
+        drawn = results["batch_draw_indices"][str(B)]
+        assert len(drawn) == DRAWS
+        assert drawn[0] == exact["results"]["batch_indices"][str(B)]  # draw 0: the K = 1 batch
+        assert len({tuple(idx) for idx in drawn}) == DRAWS  # independent batches
+        rows = table[table.B == B].sort_values("draw")
+        assert list(rows.draw) == list(range(DRAWS))
+        for idx, row in zip(drawn, rows.itertuples(), strict=True):
+            assert len(set(idx)) == B and all(0 <= i < N_TOY for i in idx)  # no replacement
+            ev = torch.linalg.eigvalsh(dense_hessian(model, [(X[idx], y[idx])], [1.0])).numpy()
+            atol = network_eig_atol(np.abs(ev).max(), P)  # steps = P: every extreme is exact
+            assert abs(row.lambda_max - ev[-1]) <= atol, (B, row.draw)
+            assert abs(row.lambda_min - ev[0]) <= atol, (B, row.draw)
+        assert sweep.loc[B, "batch_draws"] == DRAWS
+        for side in ("max", "min"):
+            values = rows[f"lambda_{side}"].to_numpy()
+            assert values[0] == single.loc[B, f"measured_{side}"]  # draw 0 unchanged
+            mean, se = values.mean(), values.std(ddof=1) / np.sqrt(DRAWS)
+            assert se > 0
+            assert sweep.loc[B, f"measured_{side}"] == pytest.approx(mean, rel=1e-13)
+            assert sweep.loc[B, f"measured_{side}_draw_se"] == pytest.approx(se, rel=1e-12)
+            assert se <= sweep.loc[B, f"measured_{side}_se"]
+            quantity = f"lambda_{side} batch B={B}"
+            for check in ("theorem2", "free-convolution-outlier"):
+                row = summary[(summary.check == check) & (summary.quantity == quantity)].iloc[0]
+                assert row.measured == pytest.approx(mean, rel=1e-13)
+                assert row.uncertainty >= se
+    # the noise checks and densities stay on draw 0: the same as the K = 1 run's
+    for name in ("ritz.csv", "density.csv"):
+        assert (draws_run / name).read_bytes() == (toy_run / name).read_bytes(), name
+
+
+def test_batch_sweep_figure_has_error_bars_with_several_draws(toy_run, draws_run):
+    from matplotlib.container import ErrorbarContainer
+
+    from reports import figures
+
+    counts = []
+    for run in (toy_run, draws_run):
+        fig, (ax,) = figures.new_figure()
+        figures.batch_sweep(ax, pd.read_csv(run / "sweep.csv"))
+        counts.append(sum(isinstance(c, ErrorbarContainer) for c in ax.containers))
+    assert counts == [1, 2]  # Theorem 2's band; with K > 1 also the measured mean's
 
 
 def _extreme(frame, side):
@@ -318,6 +396,7 @@ BAD = [
     (["--batch-sizes", "5000"], "B = 5000 exceeds the data set size N = 1,797"),
     (["--steps", "0"], "--steps must be >= 1"),
     (["--probes", "0"], "--probes must be >= 1"),
+    (["--batch-draws", "0"], "--batch-draws must be >= 1 (independent batches per B), got 0"),
     (["--device", "tpu"], "unknown device 'tpu'; accepted: auto, cpu, cuda, cuda:N"),
     (["--data", "imagenet"], "unknown data set 'imagenet'; accepted: digits, cifar100"),
     (["--model", "resnet"], "unknown model 'resnet'"),
