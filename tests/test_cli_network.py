@@ -457,3 +457,25 @@ def test_module_imports_neither_torch_nor_matplotlib():
         "assert 'torch' not in sys.modules and 'matplotlib' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_batch_spread_row_is_a_chi_square_test_of_the_theory_sd():
+    from scipy import stats
+
+    from validation.network import spread_row
+
+    rng = np.random.default_rng(5)
+    sd, K = 0.3, 6
+    agreeing = 1.0 + sd * rng.standard_normal(K)
+    row = spread_row(agreeing, sd, "q", "outlier", 4.0)
+    assert row["check"] == "batch-spread" and row["predicted"] == sd
+    assert row["measured"] == pytest.approx(agreeing.std(ddof=1))
+    statistic = (K - 1) * agreeing.std(ddof=1) ** 2 / sd**2
+    alpha = 2 * stats.norm.sf(4.0)
+    inside = stats.chi2.ppf(alpha / 2, K - 1) <= statistic <= stats.chi2.isf(alpha / 2, K - 1)
+    assert row["verdict"] == ("agrees" if inside else "disagrees") == "agrees"
+    assert spread_row(1.0 + 30 * sd * rng.standard_normal(K), sd, "q", "-", 4.0)["verdict"] == (
+        "disagrees"
+    )
+    assert spread_row(np.full(K, 1.0), sd, "q", "-", 4.0)["verdict"] == "disagrees"  # too tight
+    assert spread_row(agreeing, 0.0, "q", "-", 4.0)["verdict"] == "not applicable"

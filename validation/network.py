@@ -42,6 +42,8 @@ The measurement side of the paper (sections 3-4), on a real network at fixed wei
      ``+-2 sqrt(t)``, the asymmetry ``(lambda_max + lambda_min) / (lambda_max - lambda_min)``
      (GOE: 0), and the standardised third and fourth central moments of its SLQ measure
      (semicircle: 0 and 2);
+   * with ``--batch-draws K > 1``, the spread of the extreme eigenvalues over the K batches
+     against the theory's sd of one draw (chi-square test, :func:`spread_row`);
    * the batch-size sweep: lambda_max(B) (the mean over draws when K > 1, ``sweep.csv`` then
      also holding ``measured_*_draw_se``, the standard error over draws, and ``batch_draws``)
      against the edge law ``c sqrt(f)`` (~ B^(-1/2)) and the outlier law ``theta + c f``
@@ -1403,6 +1405,8 @@ def extreme_rows(result: NetworkResult, B: int, t: float, t_se: float):
         quantity = f"lambda_{side} batch B={B}"
         unc = _quad(pred_se, draw_term(fluct), meas_unc)
         rows.append(_row("theorem2", quantity, predicted, measured, unc, regime, z))
+        if K > 1:
+            rows.append(spread_row(values, fluct, f"sd over batches of {quantity}", regime, z))
         fc, fc_regime = float("nan"), "-"
         if t > 0:  # the spike theta on the rest of the full-data SLQ measure
             bulk = _without_extreme(result.full, side)
@@ -1440,6 +1444,30 @@ def extreme_rows(result: NetworkResult, B: int, t: float, t_se: float):
     if K > 1:
         columns["batch_draws"] = K
     return rows, columns
+
+
+def spread_row(values, sd: float, quantity: str, regime: str, z_crit: float) -> dict:
+    """The batch-to-batch spread of an extreme eigenvalue against the theory's sd of one draw.
+
+    Under the theory the K draws are independent with sd ``sd``, so ``(K - 1) s^2 / sd^2`` is
+    chi-square with K - 1 degrees of freedom (s the sample sd). "agrees" when it lies within the
+    central interval whose two tails together have the probability of ``|Z| > z_crit``, the
+    same false-alarm rate as the z-verdicts. The uncertainty is the large-K standard error of s,
+    ``s / sqrt(2 (K - 1))``.
+    """
+    from scipy import stats
+
+    values = np.asarray(values, dtype=float)
+    K = values.size
+    s = float(values.std(ddof=1))
+    uncertainty = s / math.sqrt(2.0 * (K - 1))
+    if not (np.isfinite(sd) and sd > 0):
+        return _row("batch-spread", quantity, sd, s, uncertainty, regime, z_crit, "not applicable")
+    alpha = 2.0 * stats.norm.sf(z_crit)
+    statistic = (K - 1) * s**2 / sd**2
+    lo, hi = stats.chi2.ppf(alpha / 2, K - 1), stats.chi2.isf(alpha / 2, K - 1)
+    verdict = "agrees" if lo <= statistic <= hi else "disagrees"
+    return _row("batch-spread", quantity, sd, s, uncertainty, regime, z_crit, verdict)
 
 
 def density_rows(result: NetworkResult, B: int, t: float, width: float):
