@@ -984,34 +984,23 @@ def run_network(
 
     try:
         clock = time.perf_counter()
-        sigma2 = {}
-        sigma2["per-sample"] = sigma2_per_sample(
-            full_op,
-            probes=config.sigma2_probes,
-            generator=_generator(config.seed, "sigma2 per-sample"),
-            progress=False,
-            state_dir=stage("sigma2-per-sample"),
-        )
-        step("sigma^2")
+        estimators = {"per-sample": (sigma2_per_sample, {})}
         if sigma2_batch is None:
             notes.append(f"partition and two-batch sigma^2 need 2 B <= N; smallest B = {sizes[0]}")
         else:
-            sigma2["partition"] = sigma2_partition(
-                full_op,
-                batch_size=sigma2_batch,
-                probes=config.sigma2_probes,
-                generator=_generator(config.seed, "sigma2 partition"),
-                progress=False,
-                state_dir=stage("sigma2-partition"),
+            batch = {"batch_size": sigma2_batch}
+            estimators.update(
+                {"partition": (sigma2_partition, batch), "two-batch": (sigma2_two_batch, batch)}
             )
-            step("sigma^2")
-            sigma2["two-batch"] = sigma2_two_batch(
+        sigma2 = {}
+        for name, (estimator, options) in estimators.items():
+            sigma2[name] = estimator(
                 full_op,
-                batch_size=sigma2_batch,
+                **options,
                 probes=config.sigma2_probes,
-                generator=_generator(config.seed, "sigma2 two-batch"),
+                generator=_generator(config.seed, f"sigma2 {name}"),
                 progress=False,
-                state_dir=stage("sigma2-two-batch"),
+                state_dir=stage(f"sigma2-{name}"),
             )
             step("sigma^2")
         timings["sigma2"] = time.perf_counter() - clock
