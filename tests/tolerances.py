@@ -122,6 +122,12 @@ TW1_KURTOSIS = 3.1652429384
 # eps * (condition of the sums) ~ 1e3 eps = 2e-13 (observed 1e-15). 1e-10 as in STYLE.md leaves
 # margin for harder models yet any wrong term (a weight, a missing batch, a sign) is O(1e-2).
 HVP_RTOL64 = 1e-10
+# Graph cache size measure vs the torch profiler's net CPU allocation of one cached product:
+# both count the same saved storages; the profiler also sees a few small bookkeeping tensors
+# (loss scalars, index and shape tensors) the saved-tensor hooks do not, and the hooks count a
+# storage once even where the allocator rounded it. Observed 0-0.7% on the digits models; 3%
+# still fails a measure that misses one activation of the smallest model (>= 10%).
+GRAPH_BYTES_RTOL = 0.03
 # Symmetry |<u, Hv> - <Hu, v>| / (||u|| ||H v||): two products, each with the error above.
 HVP_SYMMETRY_RTOL64 = 1e3 * EPS64
 # Central differences of the gradient, (g(w + hv) - g(w - hv)) / 2h = Hv + h^2/6 D^3g[v,v,v]
