@@ -3,16 +3,20 @@
     python benchmarks/bench_hvp.py                      # all small models, batch 256, float32
     python benchmarks/bench_hvp.py --models mlp --batch-size 1797 --repeats 20 --json out.json
 
-For each model and HVP implementation ("forward-over-reverse": torch.func.jvp of torch.func.grad;
-"double-backward": autograd.grad twice) it reports, on the same data and batching:
+For each model it times, on the same data and batching, three operators: each HVP
+implementation from scratch ("forward-over-reverse": torch.func.jvp of torch.func.grad;
+"double-backward": autograd.grad twice; graph cache off), and the default operator
+("double-backward + cache": each batch's gradient graph kept across products, as Lanczos uses it;
+timed at steady state, after the warm-up product has built the graphs). It reports:
 
 * ``grad_ms``  -- one full-data pass computing the mean gradient (autograd, no graph kept);
 * ``hvp_ms``   -- one full-data Hessian-vector product; ``ratio = hvp / grad`` (target <= 2.0);
-* Lanczos at m = 100 (paper, section 4) with the default method: total time, the time spent
+* ``graphs`` / ``cache MB`` -- batches whose graph is kept, and their measured size;
+* Lanczos at m = 100 (paper, section 4) with the default operator: total time, the time spent
   inside ``matvec``, and the overhead share ``(total - matvec) / total`` (target <= 10%).
 
 ``--compare`` (default: all of curvlinops pyhessian eigenthings; ``--compare none`` for none)
-times third-party full-data HVPs against ours (the default method, ``HessianOperator.full``) on
+times third-party full-data HVPs against ours (double-backward from scratch, like theirs) on
 the same model and weights (a deep copy per tool, eval mode, our dtype and device) and the same
 list of batches -- consecutive, the last one uneven unless ``--batch-size`` divides N = 1797:
 
@@ -29,8 +33,10 @@ divides by the number of batches, which over-weights the short last batch). Thes
 third-party references (``pip install .[bench]``), never test dependencies; a tool that is not
 installed or fails is reported as skipped with the reason.
 
-Times are medians over ``--repeats`` after one warm-up call. Uses torch's intra-op thread count
-(``--threads`` overrides). Needs no GPU; ``--device cuda`` measures there when present.
+Times are medians over ``--repeats`` after one warm-up call; a gradient pass and an HVP are
+timed alternately, so load changes on a shared machine hit both sides of their ratio. Uses
+torch's intra-op thread count (``--threads`` overrides). Needs no GPU; ``--device cuda`` measures
+there when present.
 """
 
 from __future__ import annotations
@@ -53,9 +59,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nnhessian.data import load_digits  # noqa: E402
 from nnhessian.lanczos import lanczos  # noqa: E402
 from nnhessian.models import build, num_parameters  # noqa: E402
-from nnhessian.operators import AUTO_ORDER, HessianOperator, resolve_device  # noqa: E402
+from nnhessian.operators import (  # noqa: E402
+    AUTO_ORDER,
+    DEFAULT_GRAPH_CACHE_BYTES,
+    HessianOperator,
+    resolve_device,
+)
 
-METHODS = ("forward-over-reverse", "double-backward")
+# (method, graph cache budget): both implementations from scratch, then the default operator
+# (double-backward, graph cache on), timed at steady state (the warm-up call builds the graphs).
+VARIANTS = (
+    ("forward-over-reverse", 0),
+    ("double-backward", 0),
+    ("double-backward", DEFAULT_GRAPH_CACHE_BYTES),
+)
 
 
 def _sync(device: torch.device) -> None:
@@ -73,6 +90,22 @@ def _median_time(fn, repeats: int, device: torch.device) -> float:
         _sync(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def _paired_median_times(fn_a, fn_b, repeats: int, device: torch.device) -> tuple[float, float]:
+    """Median times of ``fn_a`` and ``fn_b`` called alternately (after one warm-up call each),
+    so that a change in machine load hits both sides of their ratio alike."""
+    fn_a()
+    fn_b()
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(repeats):
+        for fn, out in ((fn_a, times[0]), (fn_b, times[1])):
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            out.append(time.perf_counter() - t0)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 class _TimedOperator:
@@ -277,7 +310,7 @@ def bench_model(name, *, batch_size, repeats, dtype, device, lanczos_steps, comp
     model = build(name, 10, generator=torch.Generator().manual_seed(0))
     rows, ops = [], {}
     v = None
-    for method in METHODS:
+    for method, budget in VARIANTS:
         op = HessianOperator.full(
             model,
             data,
@@ -285,30 +318,36 @@ def bench_model(name, *, batch_size, repeats, dtype, device, lanczos_steps, comp
             dtype=dtype,
             device=device,
             method=method,
+            graph_cache_bytes=budget,
             progress=False,
             verify=False,
         )
         if v is None:
             v = torch.randn(op.dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
             v = v.to(device=op.device, dtype=op.dtype)
-        t_grad = _median_time(op.loss_and_gradient, repeats, op.device)
-        t_hvp = _median_time(lambda op=op, v=v: op.matvec(v), repeats, op.device)
-        ops[method] = op
+        t_grad, t_hvp = _paired_median_times(
+            op.loss_and_gradient, lambda op=op, v=v: op.matvec(v), repeats, op.device
+        )
+        label = method if budget == 0 else f"{method} + cache"
+        ops[label] = op
         rows.append(
             {
                 "model": name,
                 "P": num_parameters(model),
                 "N": len(data),
                 "batch_size": batch_size,
-                "method": method,
+                "method": label,
                 "grad_ms": 1e3 * t_grad,
                 "hvp_ms": 1e3 * t_hvp,
                 "ratio": t_hvp / t_grad,
+                "graph_cache_mb": op.graph_cache.used_bytes / 2**20,
+                "graphs_cached": op.graph_cache.graphs,
+                "batches": -(-len(data) // batch_size),
             }
         )
     tool_rows = []
     if compare:
-        ref = AUTO_ORDER[0]  # the default method is the reference
+        ref = AUTO_ORDER[0]  # the default method, one product from scratch (no graph cache)
         ours_ms = next(r["hvp_ms"] for r in rows if r["method"] == ref)
         tool_rows = compare_tools(
             compare,
@@ -400,7 +439,10 @@ def main(argv=None) -> int:
     )
     compare = [t for t in dict.fromkeys(args.compare) if t != "none"]
     all_rows, all_tools, all_lz = [], [], []
-    print(f"{'model':8} {'P':>5} {'method':22} {'grad ms':>9} {'hvp ms':>9} {'hvp/grad':>9}")
+    print(
+        f"{'model':8} {'P':>5} {'method':30} {'grad ms':>9} {'hvp ms':>9} {'hvp/grad':>9} "
+        f"{'graphs':>7} {'cache MB':>9}"
+    )
     for name in args.models:
         rows, tool_rows, lz = bench_model(
             name,
@@ -413,8 +455,9 @@ def main(argv=None) -> int:
         )
         for r in rows:
             print(
-                f"{r['model']:8} {r['P']:5d} {r['method']:22} {r['grad_ms']:9.2f} "
-                f"{r['hvp_ms']:9.2f} {r['ratio']:9.2f}"
+                f"{r['model']:8} {r['P']:5d} {r['method']:30} {r['grad_ms']:9.2f} "
+                f"{r['hvp_ms']:9.2f} {r['ratio']:9.2f} "
+                f"{r['graphs_cached']:>3d}/{r['batches']:<3d} {r['graph_cache_mb']:9.1f}"
             )
         all_rows += rows
         all_tools += tool_rows

@@ -122,6 +122,9 @@ def test_files_schema_and_provenance(toy_run):
         N_TOY,
     )
     assert results["epoch"] == 7
+    # the default graph budget holds every graph: one miss per batch graph, the rest hits
+    cache = results["graph_cache"]
+    assert cache["budget_bytes"] == 2 * 2**30 and cache["hits"] > 10 * cache["misses"] > 0
     assert results["batch_sizes"] == list(SIZES)
     assert results["steps"] == results["P"]
     assert any("capped at P" in note for note in results["notes"])
@@ -396,6 +399,7 @@ BAD = [
     (["--batch-sizes", "5000"], "B = 5000 exceeds the data set size N = 1,797"),
     (["--steps", "0"], "--steps must be >= 1"),
     (["--probes", "0"], "--probes must be >= 1"),
+    (["--graph-cache-gb", "-1"], "--graph-cache-gb must be a number >= 0"),
     (["--batch-draws", "0"], "--batch-draws must be >= 1 (independent batches per B), got 0"),
     (["--device", "tpu"], "unknown device 'tpu'; accepted: auto, cpu, cuda, cuda:N"),
     (["--data", "imagenet"], "unknown data set 'imagenet'; accepted: digits, cifar100"),

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.tolerances import EPS32
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -46,6 +48,17 @@ def check_result(res: dict, out: Path, *, basis: int, steps: int) -> None:
     for method in ("double-backward", "forward-over-reverse"):
         h = res["hvp"][method]
         assert h["seconds"] > 0 and h["ratio_to_grad"] > 0 and h["norm_Hv"] > 0, h
+    # the default operator keeps every batch graph (small sizes) and gives the same product
+    mod = gpu_check()
+    cached, plain = res["hvp"][mod.CACHED], res["hvp"]["double-backward"]
+    batches = -(-res["config"]["images"] // res["config"]["batch_size"])
+    assert cached["graph_cache"]["graphs"] == batches and cached["graph_cache"]["used_bytes"] > 0
+    assert plain["graph_cache"]["graphs"] == 0
+    # CPU products are bitwise reproducible; on a GPU reductions may reorder (1e3 eps, as in
+    # HessianOperator.check_determinism)
+    rtol = 0.0 if res["config"]["device"] == "cpu" else 1e3 * EPS32
+    assert abs(cached["norm_Hv"] - plain["norm_Hv"]) <= rtol * plain["norm_Hv"]
+    assert res["lanczos"]["graph_cache"]["hits"] > 0
     assert res["basis"]["basis_bytes"] == basis * P * 4
     lz = res["lanczos"]
     assert lz["steps"] == steps and len(lz["ritz_values"]) == steps
