@@ -31,6 +31,7 @@ from nnhessian.lanczos import (
     gauss_quadrature,
     lanczos,
     quadrature_moments,
+    second_moments,
     slq,
     smooth_density,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "load_digits",
     "models",
     "quadrature_moments",
+    "second_moments",
     "resolve_device",
     "sigma2_partition",
     "sigma2_per_sample",

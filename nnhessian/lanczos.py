@@ -58,6 +58,7 @@ __all__ = [
     "lanczos",
     "quadrature_moments",
     "ritz_vectors",
+    "second_moments",
     "slq",
     "smooth_density",
 ]
@@ -582,6 +583,35 @@ def slq(
         dim=dim,
         runs=tuple(runs),
     )
+
+
+def second_moments(
+    op, probes: int, *, generator, distribution: str = "gaussian", progress: bool | None = None
+) -> np.ndarray:
+    """``(probes,)`` estimates ``||A q||^2`` of ``tr(A^2) / P`` for a symmetric operator A.
+
+    Each ``q`` is a unit probe drawn exactly as :func:`slq` draws its starting vectors (the same
+    generator gives the same probes; uniform on the sphere by default, so ``E[q q^T] = I / P``
+    and ``E ||A q||^2 = tr(A^2) / P``). With the same ``q``, the Gauss quadrature of a Lanczos
+    run gives the same number (``sum_j w_j theta_j^2 = e_1^T T^2 e_1 = ||A q||^2`` for m >= 2),
+    at one product per probe instead of m. Accumulated in float64.
+    """
+    if isinstance(probes, bool) or not isinstance(probes, int) or probes < 1:
+        raise ValueError(f"probes must be an integer >= 1, got {probes!r}")
+    g = _generator(generator)
+    seeds = [int(x) for x in torch.randint(0, 2**62, (probes,), generator=g)]  # as slq
+    out = np.empty(probes)
+    disable = None if progress is None else not progress
+    for p, seed in enumerate(tqdm(seeds, desc="tr(A^2)/P probes", leave=False, disable=disable)):
+        q = random_unit_vector(
+            op.dim,
+            generator=torch.Generator().manual_seed(seed),
+            distribution=distribution,
+            dtype=op.dtype,
+            device=op.device,
+        )
+        out[p] = float(torch.linalg.vector_norm(op.matvec(q).to(torch.float64)) ** 2)
+    return out
 
 
 def quadrature_moments(nodes: np.ndarray, weights: np.ndarray, orders) -> np.ndarray:

@@ -17,6 +17,7 @@ from nnhessian.lanczos import (
     quadrature_moments,
     random_unit_vector,
     ritz_vectors,
+    second_moments,
     slq,
     smooth_density,
 )
@@ -173,6 +174,29 @@ def test_lanczos_is_reproducible_from_the_generator():
 
 
 # ---- SLQ ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("distribution", ["gaussian", "rademacher"])
+def test_second_moments_equal_slq_quadrature_on_the_same_probes(distribution):
+    """Same generator -> same probes: ||A q||^2 equals the Gauss quadrature sum_j w_j theta_j^2
+    of SLQ's run from q (exact for k = 2 <= 2m - 1), to LANCZOS_MOMENT_RTOL64 ||A||^2."""
+    A = random_symmetric(120, 4) + torch.diag(torch.linspace(-1, 3, 120, dtype=F64))
+    op = MatrixOperator(A)
+    res = slq(
+        op, steps=6, probes=7, generator=torch.Generator().manual_seed(5), distribution=distribution
+    )
+    quad = quadrature_moments(res.ritz_values, res.weights, [2])[:, 0]
+    direct = second_moments(
+        op, 7, generator=torch.Generator().manual_seed(5), distribution=distribution
+    )
+    norm2 = float(torch.linalg.matrix_norm(A, 2)) ** 2
+    assert np.abs(direct - quad).max() <= LANCZOS_MOMENT_RTOL64 * norm2
+    # and estimate tr(A^2)/P without bias: Z_STAT standard errors over 400 probes
+    many = second_moments(op, 400, generator=torch.Generator().manual_seed(6))
+    exact = float((A * A).sum()) / 120
+    assert abs(many.mean() - exact) <= Z_STAT * many.std(ddof=1) / np.sqrt(400)
+    with pytest.raises(ValueError, match="probes must be an integer >= 1"):
+        second_moments(op, 0, generator=torch.Generator())
 
 
 @pytest.mark.parametrize("distribution", ["gaussian", "rademacher"])

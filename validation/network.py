@@ -42,6 +42,9 @@ The measurement side of the paper (sections 3-4), on a real network at fixed wei
      ``+-2 sqrt(t)``, the asymmetry ``(lambda_max + lambda_min) / (lambda_max - lambda_min)``
      (GOE: 0), and the standardised third and fourth central moments of its SLQ measure
      (semicircle: 0 and 2);
+   * the identity behind t, whatever the noise law: ``E tr(N_B^2)/P = t`` over batches (with
+     the exact factor); with K > 1 the mean of tr(N_B^2)/P over the draws against t
+     (:func:`noise_checks`);
    * with ``--batch-draws K > 1``, the spread of the extreme eigenvalues over the K batches
      against the theory's sd of one draw (chi-square test, :func:`spread_row`);
    * the batch-size sweep: lambda_max(B) (the mean over draws when K > 1, ``sweep.csv`` then
@@ -148,6 +151,7 @@ STREAMS = (
     "batch draw",
     "slq batch",
     "slq noise",
+    "noise m2",  # appended: earlier streams keep their index, so their draws are unchanged
 )
 
 
@@ -356,6 +360,8 @@ class NetworkResult:
     # --batch-draws K > 1: B -> the extra draws 1..K-1, each a Spectrum of its H_B (one probe)
     extra_batches: dict = field(default_factory=dict)
     extra_indices: dict = field(default_factory=dict)  # B -> [(B,) indices of draws 1..K-1]
+    # B -> draws 1..K-1, each a (probes,) array of ||N_B q||^2 (lanczos.second_moments)
+    extra_noise_m2: dict = field(default_factory=dict)
 
     def draw_extremes(self, B: int, side: str) -> tuple[np.ndarray, np.ndarray]:
         """(K,) Lanczos extremes of H_B over the K draws (draw 0: the best over its SLQ probes)
@@ -879,7 +885,7 @@ def run_network(
     """
     import torch
 
-    from nnhessian import HessianOperator, draw_batch_indices, slq
+    from nnhessian import HessianOperator, draw_batch_indices, second_moments, slq
     from nnhessian.checkpoint import StateCorruptError, StateMismatchError
     from nnhessian.operators import has_batchnorm
     from nnhessian.sigma2 import sigma2_partition, sigma2_per_sample, sigma2_two_batch
@@ -1035,6 +1041,7 @@ def run_network(
             step("exact")
 
         batches, noises, indices, extra_batches, extra_indices = {}, {}, {}, {}, {}
+        extra_noise_m2 = {}
         for B in sizes:
             idx = draw_batch_indices(N, B, generator=_generator(config.seed, "batch draw", B))
             indices[B] = idx.numpy()
@@ -1077,8 +1084,9 @@ def run_network(
             if B == N:
                 notes.append(f"B = N = {N}: the batch is the whole data set, the noise is zero")
             # draws 1..K-1: another batch each (streams keyed by (B, draw); draw 0 is the one
-            # above), only the extremes of H_B: one Lanczos run of `steps` on one probe
-            extra_batches[B], extra_indices[B] = [], []
+            # above), only the extremes of H_B (one Lanczos run of `steps` on one probe) and
+            # tr(N_B^2)/P (`probes` products of N_B, the probes SLQ would start from)
+            extra_batches[B], extra_indices[B], extra_noise_m2[B] = [], [], []
             for draw in range(1, config.batch_draws):
                 generator = _generator(config.seed, "batch draw", B, draw)
                 idx = draw_batch_indices(N, B, generator=generator)
@@ -1096,6 +1104,15 @@ def run_network(
                 step("SLQ")
                 extra_batches[B].append(_spectrum("batch", B, draw_slq))
                 extra_indices[B].append(idx.numpy())
+                clock = time.perf_counter()
+                extra_noise_m2[B].append(
+                    second_moments(
+                        full_op.noise_operator(idx, verify=False),
+                        config.probes,
+                        generator=_generator(config.seed, "noise m2", B, draw),
+                    )
+                )
+                timings["noise_m2"] = timings.get("noise_m2", 0.0) + time.perf_counter() - clock
     except (StateMismatchError, StateCorruptError) as err:
         raise UsageError(f"--state-dir: {_flat(err)}") from None
 
@@ -1124,6 +1141,7 @@ def run_network(
         state_dir=str(state_dir) if state_dir is not None else None,
         extra_batches={B: tuple(v) for B, v in extra_batches.items() if v},
         extra_indices={B: v for B, v in extra_indices.items() if v},
+        extra_noise_m2={B: tuple(v) for B, v in extra_noise_m2.items() if v},
     )
 
 
@@ -1548,7 +1566,17 @@ def compare(result: NetworkResult) -> Tables:
         new_rows, columns = extreme_rows(result, B, t, t_se)
         rows += new_rows
         entry.update(columns)
-        new_rows, columns, assumption3[B] = noise_checks(result.noises[B], t, t_se, P, B, N, z)
+        new_rows, columns, assumption3[B] = noise_checks(
+            result.noises[B],
+            t,
+            t_se,
+            P,
+            B,
+            N,
+            z,
+            extra_m2=result.extra_noise_m2.get(B, ()),
+            exact_factor=float(theory.FACTORS["exact"](N, B)) / f,
+        )
         rows += new_rows
         entry.update(columns)
         new_rows, curves, columns = density_rows(result, B, t, width)
@@ -1592,11 +1620,30 @@ def batch_draws_table(result: NetworkResult) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["B", "draw", "lambda_max", "lambda_min"])
 
 
-def noise_checks(noise: Spectrum, t: float, t_se: float, P: int, B: int, N: int, z: float):
+def noise_checks(
+    noise: Spectrum,
+    t: float,
+    t_se: float,
+    P: int,
+    B: int,
+    N: int,
+    z: float,
+    *,
+    extra_m2=(),
+    exact_factor: float = 1.0,
+):
     """Rows testing the paper's assumption 3 (N_B is GOE of noise scale t) on the noise spectrum.
 
     Returns (rows, sweep columns, verdict): the verdict is "holds" when the edges, the asymmetry,
     the skewness and the kurtosis all agree with GOE, else "violated" with the numbers.
+
+    Also the law-free identity behind t: over batches drawn without replacement,
+    ``E tr(N_B^2) / P = f(N, B) (1/N) sum_i ||H_i - H_emp||_F^2 / P = P f sigma^2 = t`` (exact
+    finite-population factor; sigma^2 as paper eq. 9). Its row compares the mean of
+    tr(N_B^2)/P over the K batch draws (draw 0: SLQ's quadrature; ``extra_m2``: draws 1..K-1,
+    the same probes' ``||N_B q||^2``) with t times ``exact_factor`` (the exact factor over the
+    one t was computed with; 1 for ``--factor exact``); the standard error is the spread over
+    draws (batch and probe variation) / sqrt(K), with t's own in quadrature. One draw: no verdict.
     """
     label = f"noise B={B}"
     nmax, nmax_se, nmax_res = noise.extreme("max")
@@ -1639,21 +1686,18 @@ def noise_checks(noise: Spectrum, t: float, t_se: float, P: int, B: int, N: int,
         _row("noise-kurtosis", f"fourth standardised moment {label}", 2.0, kurt, kurt_se, "-", z)
     )
     failed = sorted({r["check"] for r in rows if r["verdict"].startswith("disagrees")})
-    # tr(N_B^2)/P has expectation t over random batches whatever the noise law; one batch's
-    # deviation from it is not estimated here, so this row has no verdict.
     m2 = float(per_probe[:, 1].mean())
-    rows.append(
-        _row(
-            "noise-variance",
-            f"tr(N^2)/P (one batch) {label}",
-            t,
-            m2,
-            float("nan"),
-            "-",
-            z,
-            verdict="not applicable",
+    draws = np.array([m2, *(float(np.mean(x)) for x in extra_m2)])
+    K = draws.size
+    quantity = f"tr(N^2)/P, mean of {K} batch draw{'s' if K > 1 else ''} {label}"
+    t_var, t_var_se = t * exact_factor, t_se * exact_factor
+    if K > 1:
+        se = _quad(float(draws.std(ddof=1) / math.sqrt(K)), t_var_se)
+        rows.append(_row("noise-variance", quantity, t_var, float(draws.mean()), se, "-", z))
+    else:  # one batch: its deviation from the mean over batches is not estimated
+        rows.append(
+            _row("noise-variance", quantity, t_var, m2, math.nan, "-", z, verdict="not applicable")
         )
-    )
     ratio_max, ratio_min = nmax / edge, -nmin / edge
     verdict = "violated" if failed else "holds"
     numbers = (
@@ -1661,7 +1705,11 @@ def noise_checks(noise: Spectrum, t: float, t_se: float, P: int, B: int, N: int,
         f"{asym:+.3g}, skewness {skew:+.3g}, kurtosis {kurt:.3g} (GOE: 1x, 0, 0, 2)"
     )
     columns.update(
-        noise_asymmetry=asym, noise_skewness=float(skew), noise_kurtosis=float(kurt), noise_m2=m2
+        noise_asymmetry=asym,
+        noise_skewness=float(skew),
+        noise_kurtosis=float(kurt),
+        noise_m2=m2,
+        noise_m2_mean=float(draws.mean()),
     )
     return (
         rows,
@@ -1836,6 +1884,11 @@ def write_network(result: NetworkResult, tables: Tables, out, *, started, wall_s
                 },
                 "batch_indices": {str(B): idx for B, idx in result.batch_indices.items()},
                 "batch_draws": config.batch_draws,
+                # draws 1..K-1: per probe ||N_B q||^2, q as SLQ's probes (tr(N^2)/P estimates)
+                "noise_second_moment_draws": {
+                    str(B): [m.tolist() for m in draws]
+                    for B, draws in result.extra_noise_m2.items()
+                },
                 "batch_draw_indices": {  # every draw, draw 0 first (= batch_indices)
                     str(B): [idx, *result.extra_indices.get(B, [])]
                     for B, idx in result.batch_indices.items()
