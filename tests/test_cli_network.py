@@ -29,6 +29,7 @@ from tests.test_nnhessian_reference import (  # noqa: F401 (single_thread: autou
     single_thread,
 )
 from tests.tolerances import (
+    HVP_RTOL64,
     NETWORK_WEIGHT_SUM_ATOL,
     THEORY_RTOL,
     Z_STAT,
@@ -234,6 +235,46 @@ def test_batch_draws_match_exact_eigenvalues_and_make_the_sweep(toy_run, draws_r
     # the noise checks and densities stay on draw 0: the same as the K = 1 run's
     for name in ("ritz.csv", "density.csv"):
         assert (draws_run / name).read_bytes() == (toy_run / name).read_bytes(), name
+
+
+def test_noise_variance_row_is_the_mean_over_draws_of_tr_n2(toy_run, draws_run, exact):
+    """tr(N_B^2)/P per draw: draw 0 from SLQ (the K = 1 run's value), draws 1..K-1 are
+    ||N_B q||^2 on SLQ-style probes, reproduced here from dense N_B = H_B - H_emp and the
+    run's named random stream; the row holds their mean against t (identity tested in
+    test_rmt_theory), with the spread over draws in its uncertainty. K = 1: no verdict."""
+    from nnhessian import MatrixOperator, second_moments
+
+    results = json.loads((draws_run / "results.json").read_text())
+    single = pd.read_csv(toy_run / "sweep.csv").set_index("B")
+    sweep = pd.read_csv(draws_run / "sweep.csv").set_index("B")
+    summary = pd.read_csv(draws_run / "summary.csv")
+    summary1 = pd.read_csv(toy_run / "summary.csv")
+    data = load_digits(images=True, dtype=torch.float64)
+    X, y = data.X[:N_TOY], data.y[:N_TOY]
+    model, H = toy_model(), exact["H"]
+    for B in SIZES:
+        stored = results["noise_second_moment_draws"][str(B)]
+        assert len(stored) == DRAWS - 1
+        means = [single.loc[B, "noise_m2"]]
+        for draw, values in enumerate(stored, start=1):
+            idx = results["batch_draw_indices"][str(B)][draw]
+            HB = dense_hessian(model, [(X[idx], y[idx])], [1.0])
+            g = network._generator(0, "noise m2", B, draw)
+            ref = second_moments(MatrixOperator(HB - H), 3, generator=g)
+            # each product carries <= HVP_RTOL64 (||H_B q|| + ||H q||) <= HVP_RTOL64 (||H_B|| +
+            # ||H||) =: e, so ||N q + err||^2 moves by <= 2 ||N q|| e + e^2
+            e = HVP_RTOL64 * float(torch.linalg.matrix_norm(HB, 2) + torch.linalg.matrix_norm(H, 2))
+            assert np.abs(np.array(values) - ref).max() <= 2 * np.sqrt(ref.max()) * e + e * e
+            means.append(float(np.mean(values)))
+        quantity = f"tr(N^2)/P, mean of {DRAWS} batch draws noise B={B}"
+        row = summary[(summary.check == "noise-variance") & (summary.quantity == quantity)].iloc[0]
+        assert row.measured == pytest.approx(np.mean(means), rel=1e-13)
+        assert sweep.loc[B, "noise_m2_mean"] == pytest.approx(np.mean(means), rel=1e-13)
+        assert row.predicted == pytest.approx(sweep.loc[B, "t"], rel=THEORY_RTOL)
+        assert row.uncertainty >= np.std(means, ddof=1) / np.sqrt(DRAWS)
+        assert row.verdict in ("agrees", "disagrees")
+        one = summary1[summary1.check == "noise-variance"]
+        assert set(one.verdict) == {"not applicable"}
 
 
 def test_batch_sweep_figure_has_error_bars_with_several_draws(toy_run, draws_run):

@@ -124,3 +124,24 @@ def test_theorem2_rejects_bad_input(args, message):
 def test_unknown_factor_is_rejected():
     with pytest.raises(ValueError, match="accepted: paper, exact"):
         theory.theorem2(1.0, 1.0, 100, 10, 5, factor="bessel")
+
+
+@pytest.mark.parametrize(("N", "B"), [(6, 1), (6, 2), (7, 3), (7, 7)])
+def test_noise_scale_is_the_mean_second_moment_of_the_batch_noise(N, B):
+    """The identity behind t and the network's noise-variance row: over all C(N, B) batches
+    drawn without replacement, mean tr(N_B^2) / P = t = P f_exact(N, B) sigma^2, with
+    sigma^2 = sum_i ||H_i - H_emp||_F^2 / (N P^2) (paper eq. 9, 1/N convention). Exact
+    enumeration on random symmetric per-sample matrices."""
+    from itertools import combinations
+
+    P = 5
+    rng = np.random.default_rng(N * 10 + B)
+    A = rng.standard_normal((N, P, P))
+    H = (A + A.transpose(0, 2, 1)) / 2
+    D = H - H.mean(axis=0)
+    sigma2 = float((D**2).sum()) / (N * P * P)
+    second = [float((D[list(b)].mean(axis=0) ** 2).sum()) / P for b in combinations(range(N), B)]
+    t = float(theory.noise_scale(sigma2, P, N, B, factor="exact"))
+    # sums of <= C(7, 3) = 35 batch means of P^2 = 25 entries: a few hundred roundings of
+    # numbers <= the total sum of squares; 64 THEORY_RTOL = 512 eps of it
+    assert abs(np.mean(second) - t) <= 64 * THEORY_RTOL * max(t, float((D**2).sum()) / P)
