@@ -338,7 +338,7 @@ class _GraphCache:
 class _Engine:
     """Everything an HVP needs except the data; shared by operators built from one another."""
 
-    def __init__(self, model, *, loss, policy, dtype, device, method, graph_cache_bytes) -> None:
+    def __init__(self, model, loss, policy, dtype, device, method, graph_cache_bytes) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         _check_choice(policy, POLICIES, "BatchNorm/dropout policy")
@@ -616,15 +616,7 @@ class HessianOperator:
         batches, the last one uneven) or any re-iterable of ``(X, y)`` batches (a DataLoader with
         ``shuffle=False`` and no random transforms).
         """
-        engine = _Engine(
-            model,
-            loss=loss,
-            policy=policy,
-            dtype=dtype,
-            device=device,
-            method=method,
-            graph_cache_bytes=graph_cache_bytes,
-        )
+        engine = _Engine(model, loss, policy, dtype, device, method, graph_cache_bytes)
         if isinstance(data, InMemoryDataset):
             if batch_size is None:
                 raise ValueError("batch_size is required for an InMemoryDataset (no default)")
@@ -670,15 +662,7 @@ class HessianOperator:
         ``chunk_size`` evaluates the batch in pieces (sample-weighted, exact) to bound memory;
         not allowed with BatchNorm under "batch-stats", where the batch's statistics are the point.
         """
-        engine = _Engine(
-            model,
-            loss=loss,
-            policy=policy,
-            dtype=dtype,
-            device=device,
-            method=method,
-            graph_cache_bytes=graph_cache_bytes,
-        )
+        engine = _Engine(model, loss, policy, dtype, device, method, graph_cache_bytes)
         dataset = _require_dataset(data).to(engine.device, engine.dtype)
         return cls._batch_from(engine, dataset, indices, chunk_size, progress, verify)
 
