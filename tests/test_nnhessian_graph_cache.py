@@ -22,6 +22,7 @@ from tests.test_nnhessian_operators import (
     BATCH_IDX,
     CASES,
     F64,
+    full_operator,
     images_for,
     probes,
     references,
@@ -34,17 +35,8 @@ from tests.tolerances import GRAPH_BYTES_RTOL, HVP_RTOL64
 BIG = 2**30  # room for every graph of these small problems
 
 
-def full_operator(name, policy="eval", budget=BIG, **kw) -> HessianOperator:
-    return HessianOperator.full(
-        tiny_model(name),
-        subset(images_for(name)),
-        batch_size=BATCH,
-        dtype=F64,
-        device="cpu",
-        policy=policy,
-        graph_cache_bytes=budget,
-        **kw,
-    )
+def cached_operator(name, policy="eval", budget=BIG, **options) -> HessianOperator:
+    return full_operator(name, policy, graph_cache_bytes=budget, **options)
 
 
 def graph_bytes(name) -> list[int]:
@@ -64,8 +56,8 @@ def graph_bytes(name) -> list[int]:
 @pytest.mark.parametrize(("name", "policy"), CASES)
 def test_cached_products_are_bit_identical_to_uncached(name, policy):
     """Same reverse pass on the same graph: equal bits, for full, batch and noise operators."""
-    cached = full_operator(name, policy)
-    plain = full_operator(name, policy, budget=0)
+    cached = cached_operator(name, policy)
+    plain = cached_operator(name, policy, budget=0)
     pairs = [
         (cached, plain),
         (cached.batch_operator(BATCH_IDX), plain.batch_operator(BATCH_IDX)),
@@ -84,7 +76,7 @@ def test_cached_products_are_bit_identical_to_uncached(name, policy):
 
 @pytest.mark.parametrize(("name", "policy"), CASES)
 def test_cached_products_match_the_dense_hessian(name, policy):
-    op = full_operator(name, policy)
+    op = cached_operator(name, policy)
     H = references(name, policy)["full"]
     for v in probes(op.dim, 3, seed=5):
         for _ in range(2):  # the first product builds the graphs, the second reuses them
@@ -96,7 +88,7 @@ def test_cached_products_match_the_dense_hessian(name, policy):
 def test_measured_graph_size_equals_the_memory_autograd_keeps(name):
     """Net bytes allocated by one cached product (torch profiler) minus its output = the
     measure."""
-    op = full_operator(name, verify=False)
+    op = cached_operator(name, verify=False)
     v = probes(op.dim, 1)[0]
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         out = op.matvec(v)
@@ -111,21 +103,21 @@ def test_budget_keeps_graphs_in_pass_order_while_they_fit():
     sizes = graph_bytes("cnn")
     assert sizes[0] == sizes[1] > sizes[2]  # the uneven last batch has a smaller graph
     # room for the first two only; the third is rebuilt on every product
-    op = full_operator("cnn", budget=sizes[0] + sizes[1] + sizes[2] - 1)
-    plain = full_operator("cnn", budget=0)
+    op = cached_operator("cnn", budget=sizes[0] + sizes[1] + sizes[2] - 1)
+    plain = cached_operator("cnn", budget=0)
     for v in probes(op.dim, 3):
         assert torch.equal(op.matvec(v), plain.matvec(v))
     info = op.graph_cache
     assert (info.graphs, info.used_bytes) == (2, sizes[0] + sizes[1])
     assert (info.hits, info.misses) == (2 * 2, 2 + 3)
     # a budget below one graph keeps none, but the last (smaller) one if it fits
-    op = full_operator("cnn", budget=sizes[2])
+    op = cached_operator("cnn", budget=sizes[2])
     op.matvec(probes(op.dim, 1)[0])
     assert (op.graph_cache.graphs, op.graph_cache.used_bytes) == (1, sizes[2])
 
 
 def test_graphs_go_with_their_operator_and_with_clear():
-    full = full_operator("mlp")
+    full = cached_operator("mlp")
     v = probes(full.dim, 1)[0]
     full.matvec(v)
     with_full = full.graph_cache.used_bytes
@@ -137,11 +129,11 @@ def test_graphs_go_with_their_operator_and_with_clear():
     assert (full.graph_cache.graphs, full.graph_cache.used_bytes) == (3, with_full)
     full.clear_graph_cache()
     assert (full.graph_cache.graphs, full.graph_cache.used_bytes) == (0, 0)
-    assert torch.equal(full.matvec(v), full_operator("mlp", budget=0).matvec(v))
+    assert torch.equal(full.matvec(v), cached_operator("mlp", budget=0).matvec(v))
 
 
 def test_determinism_check_never_uses_the_cache():
-    op = full_operator("cnn_bn", verify=False)
+    op = cached_operator("cnn_bn", verify=False)
     op.check_determinism()
     assert op.graph_cache == GraphCacheInfo(BIG, 0, 0, 0, 0)  # no lookups at all
 
@@ -176,7 +168,7 @@ def test_changed_data_is_caught_on_a_cached_pass():
 
 
 def test_forward_over_reverse_keeps_no_graphs():
-    op = full_operator("mlp", method="forward-over-reverse")
+    op = cached_operator("mlp", method="forward-over-reverse")
     op.matvec(probes(op.dim, 1)[0])
     assert op.graph_cache.graphs == 0
 
@@ -184,7 +176,7 @@ def test_forward_over_reverse_keeps_no_graphs():
 @pytest.mark.parametrize("bad", [-1, 1.5, True, "2GB", None])
 def test_bad_budget_is_a_value_error(bad):
     with pytest.raises(ValueError, match="graph_cache_bytes must be an integer >= 0"):
-        full_operator("mlp", budget=bad)
+        cached_operator("mlp", budget=bad)
 
 
 def test_default_budget():

@@ -80,17 +80,22 @@ def references(name: str, policy: str) -> dict[str, torch.Tensor]:
     return {"full": H_full, "batch": H_batch, "noise": H_batch - H_full}
 
 
-@functools.cache
-def operators_for(name: str, policy: str, method: str) -> dict[str, HessianOperator]:
-    full = HessianOperator.full(
+def full_operator(name: str, policy: str = "eval", **options) -> HessianOperator:
+    """H_emp of a tiny model on the 23 samples in batches of 10, 10, 3 (float64, CPU)."""
+    return HessianOperator.full(
         tiny_model(name),
         subset(images_for(name)),
         batch_size=BATCH,
         dtype=F64,
         device="cpu",
         policy=policy,
-        method=method,
+        **options,
     )
+
+
+@functools.cache
+def operators_for(name: str, policy: str, method: str) -> dict[str, HessianOperator]:
+    full = full_operator(name, policy, method=method)
     return {
         "full": full,
         "batch": full.batch_operator(BATCH_IDX),
