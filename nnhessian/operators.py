@@ -30,11 +30,13 @@ batch gradient ``g_b(w)``, and that graph does not depend on ``v``. Lanczos appl
 operator m times at the same weights, so each batch's graph (forward activations and the first
 backward's saved tensors) can be built once and reused: later products cost one reverse pass,
 ``autograd.grad(g_b, w, grad_outputs=v, retain_graph=True)``, instead of forward + backward +
-reverse (measured on CPU by ``benchmarks/bench_hvp.py``: HVP/gradient from 2.5-3.5x to 1.6-1.9x
-for the small CNNs). The products are bit-identical with and without the cache: both run the same
-reverse pass on the same graph. Graphs are kept batch by batch, in pass order, while their saved
-tensors fit in ``graph_cache_bytes`` (:data:`DEFAULT_GRAPH_CACHE_BYTES`; 0 disables), shared by
-all operators built from one another; the rest are rebuilt on every product. The size of a graph
+reverse (``benchmarks/bench_hvp.py`` on CPU, float32: HVP/gradient from 2.6-2.9x to 1.4-2.0x for
+the small CNNs; about 2x is the floor for convolutions, whose cached reverse pass needs 5-6
+convolution-sized products per layer against the gradient's 3). The products are bit-identical
+with and without the cache: both run the same reverse pass on the same graph. Graphs are kept
+batch by batch, in pass order, while their saved tensors fit in ``graph_cache_bytes``
+(:data:`DEFAULT_GRAPH_CACHE_BYTES`; 0 disables), shared by all operators built from one another;
+the rest are rebuilt on every product. The size of a graph
 is the sum of the distinct storages autograd saved for it plus its gradient, measured with
 ``torch.autograd.graph.saved_tensors_hooks`` (weights, buffers and input data excluded: they are
 held anyway). A graph is freed with the batch source it belongs to (e.g. a batch operator going
