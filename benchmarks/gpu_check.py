@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import math
 import platform
 import resource
 import statistics
@@ -186,8 +187,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name in ("classes", "images", "batch_size", "steps", "basis", "repeats"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
-    if not args.graph_cache_gb >= 0:
-        p.error("--graph-cache-gb must be >= 0")
+    if not (math.isfinite(args.graph_cache_gb) and args.graph_cache_gb >= 0):
+        p.error("--graph-cache-gb must be a finite number >= 0 (GiB; 0 keeps no graphs)")
     return args
 
 

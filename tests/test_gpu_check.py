@@ -79,9 +79,12 @@ def test_cpu_smoke_run_writes_the_table_and_json(tmp_path, capsys):
     assert "HVP double-backward" in printed and "Lanczos 3 steps" in printed
 
 
-def test_bad_arguments_exit_with_status_2(tmp_path):
+@pytest.mark.parametrize(
+    "bad", [["--images", "0"], ["--graph-cache-gb", "-1"], ["--graph-cache-gb", "inf"]]
+)
+def test_bad_arguments_exit_with_status_2(tmp_path, bad):
     with pytest.raises(SystemExit) as err:
-        gpu_check().parse_args(["--images", "0", "--out", str(tmp_path / "x.json")])
+        gpu_check().parse_args([*bad, "--out", str(tmp_path / "x.json")])
     assert err.value.code == 2
 
 
