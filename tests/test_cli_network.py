@@ -524,3 +524,29 @@ def test_batch_spread_row_is_a_chi_square_test_of_the_theory_sd():
     )
     assert spread_row(np.full(K, 1.0), sd, "q", "-", 4.0)["verdict"] == "disagrees"  # too tight
     assert spread_row(agreeing, 0.0, "q", "-", 4.0)["verdict"] == "not applicable"
+
+
+def test_growth_law_skips_b_equal_n_in_the_log_log_slope():
+    """B = N has f = 0 (no noise): it stays in the least-squares laws but not on the log-log
+    line, whose slope is then exact for lambda_max = c sqrt(f) on the other sizes."""
+    f = np.array([0.04, 0.01, 0.0025, 0.0])
+    lam = 3.0 * np.sqrt(f) + np.array([0, 0, 0, 1.0])
+    sweep = pd.DataFrame({"f": f, "measured_max": lam, "lambda_full_max": 1.0})
+    law = network.growth_law(sweep, sigma2=1e-4, P=100)
+    assert law["loglog_slope_vs_f"] == pytest.approx(0.5, rel=1e-12)
+    assert np.isnan(network.growth_law(sweep.iloc[2:], sigma2=1e-4, P=100)["loglog_slope_vs_f"])
+
+
+def test_batch_size_equal_to_n_runs_to_the_end(tmp_path, checkpoint):
+    """B = N: the batch is the data set and the noise is zero; the run says so and finishes."""
+    out = tmp_path / "bn"
+    argv = toy_args(out, checkpoint, "--batch-draws", "2")
+    argv[argv.index("--batch-sizes") + 1 : argv.index("--batch-sizes") + 1 + len(SIZES)] = [
+        "30",
+        str(N_TOY),
+    ]
+    argv[argv.index("--steps") + 1] = "20"
+    assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert any(f"B = N = {N_TOY}" in note for note in results["notes"])
+    assert results["sweep_law"]["loglog_slope_vs_f"] is None  # NaN (one size with B < N)

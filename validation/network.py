@@ -1575,7 +1575,7 @@ def compare(result: NetworkResult) -> Tables:
             N,
             z,
             extra_m2=result.extra_noise_m2.get(B, ()),
-            exact_factor=float(theory.FACTORS["exact"](N, B)) / f,
+            exact_factor=float(theory.FACTORS["exact"](N, B)) / f if f > 0 else 1.0,
         )
         rows += new_rows
         entry.update(columns)
@@ -1738,7 +1738,8 @@ def growth_law(sweep: pd.DataFrame, sigma2: float, P: int) -> dict:
     sigma^2); ~ B^(-1/2) for B << N). Outlier law: ``lambda_max = theta + c_o f`` (above it,
     c_o = P sigma^2 / theta; saturates at theta as B grows). Each has one free constant; the law
     with the smaller residual sum of squares is named. Also the log-log slope of lambda_max
-    against f (edge: 1/2, saturating: -> 0). Needs two batch sizes.
+    against f (edge: 1/2, saturating: -> 0) over the batch sizes with B < N and lambda_max > 0
+    (NaN with fewer than two). Needs two batch sizes.
     """
     if len(sweep) < 2:
         return {"law": "not applicable (one batch size)"}
@@ -1751,7 +1752,9 @@ def growth_law(sweep: pd.DataFrame, sigma2: float, P: int) -> dict:
     edge_fit, out_fit = c_edge * root, theta + c_out * f
     rss_edge = float(np.sum((lam - edge_fit) ** 2))
     rss_out = float(np.sum((lam - out_fit) ** 2))
-    slope = float(np.polyfit(np.log(f), np.log(lam), 1)[0]) if np.all(lam > 0) else float("nan")
+    logs = (f > 0) & (lam > 0)  # B = N has f = 0: no noise, no point on the log-log line
+    fit = logs.sum() >= 2
+    slope = float(np.polyfit(np.log(f[logs]), np.log(lam[logs]), 1)[0]) if fit else math.nan
     law = "edge law (~ B^-1/2)" if rss_edge < rss_out else "saturates toward the outlier"
     return {
         "law": law,
