@@ -438,6 +438,7 @@ BAD = [
     (["--batch-sizes", "0"], "B must be >= 1"),
     (["--batch-sizes", "8", "-4"], "B must be >= 1"),
     (["--batch-sizes", "5000"], "B = 5000 exceeds the data set size N = 1,797"),
+    (["--batch-sizes", "16", "8", "16"], "--batch-sizes: 16 given more than once"),
     (["--steps", "0"], "--steps must be >= 1"),
     (["--probes", "0"], "--probes must be >= 1"),
     (["--graph-cache-gb", "-1"], "--graph-cache-gb must be a number >= 0"),
@@ -550,3 +551,16 @@ def test_batch_size_equal_to_n_runs_to_the_end(tmp_path, checkpoint):
     results = json.loads((out / "results.json").read_text())
     assert any(f"B = N = {N_TOY}" in note for note in results["notes"])
     assert results["sweep_law"]["loglog_slope_vs_f"] is None  # NaN (one size with B < N)
+
+
+def test_one_lanczos_step_runs_and_skips_the_free_convolution(tmp_path, checkpoint):
+    """m = 1: one Ritz value per probe, so no measure is left once the extreme is taken out;
+    the free-convolution rows say so instead of failing."""
+    out = tmp_path / "m1"
+    argv = toy_args(out, checkpoint)
+    argv[argv.index("--steps") + 1] = "1"
+    assert main(argv) == 0
+    summary = pd.read_csv(out / "summary.csv")
+    rows = summary[summary.check == "free-convolution-outlier"]
+    assert len(rows) == 2 * len(SIZES) and set(rows.verdict) == {"not applicable"}
+    assert rows.quantity.str.endswith("(needs --steps >= 2)").all()

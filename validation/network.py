@@ -248,6 +248,12 @@ def validate(config: NetworkConfig) -> None:
     for B in c.batch_sizes:
         if B <= 0:
             raise UsageError(f"--batch-sizes: B must be >= 1 (a batch holds samples), got {B}")
+    repeated = sorted({B for B in c.batch_sizes if c.batch_sizes.count(B) > 1})
+    if repeated:
+        raise UsageError(
+            f"--batch-sizes: {', '.join(map(str, repeated))} given more than once; each B is one "
+            "point of the sweep (--batch-draws K gives K batches per B)"
+        )
     if c.batch_draws < 1:
         raise UsageError(
             f"--batch-draws must be >= 1 (independent batches per B), got {c.batch_draws}"
@@ -1426,7 +1432,20 @@ def extreme_rows(result: NetworkResult, B: int, t: float, t_se: float):
         if K > 1:
             rows.append(spread_row(values, fluct, f"sd over batches of {quantity}", regime, z))
         fc, fc_regime = float("nan"), "-"
-        if t > 0:  # the spike theta on the rest of the full-data SLQ measure
+        if t > 0 and result.steps < 2:  # one Ritz value per probe: no rest of the measure
+            rows.append(
+                _row(
+                    "free-convolution-outlier",
+                    f"{quantity} (needs --steps >= 2)",
+                    fc,
+                    measured,
+                    math.nan,
+                    fc_regime,
+                    z,
+                    verdict="not applicable",
+                )
+            )
+        elif t > 0:  # the spike theta on the rest of the full-data SLQ measure
             bulk = _without_extreme(result.full, side)
             fc, fc_regime, overlap = free_convolution_extreme(*bulk, lam, t, side)
             lo, hi = max(t - t_se, t * 1e-3), t + t_se
