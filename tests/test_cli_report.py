@@ -77,6 +77,15 @@ def test_bad_input_exits_2_nothing_written(inputs, tmp_path, capsys, setup, mess
     assert sorted(p.name for p in tmp_path.iterdir()) == (["bad"] if bad.exists() else [])
 
 
+def test_a_folder_given_twice_is_refused(inputs, tmp_path, capsys):
+    out = tmp_path / "report"
+    twice = [str(inputs / "paper"), str(inputs / "paper" / ".." / "paper")]
+    assert main(["report", *twice, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "is given twice" in err and err.count("\n") == 1
+    assert not out.exists()
+
+
 def test_parent_folder_hint_and_out_among_inputs(inputs, tmp_path, capsys):
     assert main(["report", str(inputs), "--out", str(tmp_path / "r")]) == 2
     assert "sub-folders network, paper have one" in capsys.readouterr().err

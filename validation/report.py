@@ -75,6 +75,14 @@ def build_report(folders, out=DEFAULT_OUT, *, started: datetime | None = None) -
     out = Path(out)
     if not folders:
         raise UsageError("report needs at least one result folder")
+    seen: dict[Path, Path] = {}
+    for f in folders:
+        if f.resolve() in seen:
+            raise UsageError(
+                f"result folder {f} is given twice ({seen[f.resolve()]} and {f}); each run is one "
+                "input"
+            )
+        seen[f.resolve()] = f
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a folder")
     try:
