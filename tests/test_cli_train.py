@@ -205,6 +205,7 @@ def _one_line_exit_2(argv, capsys):
         (["--model", "vgg16", "--data", "digits"], "vgg16 needs 3x32x32 images"),
         (["--limit", "1000"], "--limit 1000 exceeds the 48 training samples"),
         (["--model", "preresnet110"], "preresnet110 has no dropout layers"),
+        (["--lr", "1e30"], "training diverged in epoch 1: the mean training loss is nan"),
         pytest.param(
             ["--device", "cuda"], "CUDA is not available",
             marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present"),

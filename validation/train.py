@@ -607,6 +607,13 @@ def run_training(
                 row = train_epoch(
                     model, optimizer, data, config, epoch, data_generator, dev, progress=progress
                 )
+                if not math.isfinite(row["train_loss"]):
+                    kept = f"checkpoints up to epoch {epoch} are kept" if epoch else "nothing saved"
+                    raise UsageError(
+                        f"training diverged in epoch {epoch + 1}: the mean training loss is "
+                        f"{row['train_loss']} at learning rate {row['lr']:.4g}; lower --lr "
+                        f"({kept})"
+                    )
                 row.update(evaluate(model, data, dev))
                 seconds += time.perf_counter() - clock
                 row["seconds"] = round(time.perf_counter() - clock, 3)
