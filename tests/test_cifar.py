@@ -221,3 +221,36 @@ def test_miniature_sizes_are_checked(tmp_path):
         write_miniature_cifar100(tmp_path, 0, 2, 0)
     with pytest.raises(ValueError, match="n_test"):
         write_miniature_cifar100(tmp_path, 2, 10_000, 0)
+
+
+def test_download_unpacks_an_archive_already_in_the_folder_with_torchvision(tmp_path, monkeypatch):
+    """The real torchvision path of --download, offline: with cifar-100-python.tar.gz already in
+    the folder and its MD5 right, torchvision verifies and unpacks it without fetching. The
+    published MD5 sums are swapped for the miniature's; everything else is torchvision's code."""
+    import hashlib
+    import tarfile
+
+    import torchvision.datasets
+
+    def md5(path):
+        return hashlib.md5(path.read_bytes()).hexdigest()
+
+    source = write_miniature_cifar100(tmp_path / "src", 6, 3, 1) / "cifar-100-python"
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    archive = data_dir / "cifar-100-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(source, arcname="cifar-100-python")
+    cls = torchvision.datasets.CIFAR100
+    monkeypatch.setattr(cls, "tgz_md5", md5(archive))
+    monkeypatch.setattr(cls, "train_list", [["train", md5(source / "train")]])
+    monkeypatch.setattr(cls, "test_list", [["test", md5(source / "test")]])
+    monkeypatch.setattr(cls, "meta", {**cls.meta, "md5": md5(source / "meta")})
+    monkeypatch.setattr(cls, "url", "http://127.0.0.1:9/unreachable")  # a fetch would fail
+
+    train = read_cifar100(data_dir, download=True)
+    test = read_cifar100(data_dir, "test")
+    expected = read_cifar100(tmp_path / "src")
+    assert len(train) == 6 and len(test) == 3
+    assert np.array_equal(train.images, expected.images)
+    assert np.array_equal(train.labels, expected.labels)
