@@ -530,7 +530,7 @@ def slq(
         finished = list(payload["probes"])
         current = payload["current"]
     else:
-        seeds = tuple(int(s) for s in torch.randint(0, 2**62, (probes,), generator=g))
+        seeds = _probe_seeds(g, probes)
         finished, current = [], None
     gen_after = g.get_state()
     runs = [_result_from_state(s, steps=steps, breakdown_rtol=rtol, dim=dim) for s in finished]
@@ -540,14 +540,7 @@ def slq(
             run.restore(current, basis)
             current = None
         else:
-            v0 = random_unit_vector(
-                dim,
-                generator=torch.Generator().manual_seed(seeds[p]),
-                distribution=distribution,
-                dtype=op.dtype,
-                device=op.device,
-            )
-            run.start(v0)
+            run.start(_probe(op, seeds[p], distribution))
         checkpoint = None
         if store is not None:
 
@@ -598,20 +591,29 @@ def second_moments(
     """
     if isinstance(probes, bool) or not isinstance(probes, int) or probes < 1:
         raise ValueError(f"probes must be an integer >= 1, got {probes!r}")
-    g = _generator(generator)
-    seeds = [int(x) for x in torch.randint(0, 2**62, (probes,), generator=g)]  # as slq
+    seeds = _probe_seeds(_generator(generator), probes)
     out = np.empty(probes)
     disable = None if progress is None else not progress
     for p, seed in enumerate(tqdm(seeds, desc="tr(A^2)/P probes", leave=False, disable=disable)):
-        q = random_unit_vector(
-            op.dim,
-            generator=torch.Generator().manual_seed(seed),
-            distribution=distribution,
-            dtype=op.dtype,
-            device=op.device,
-        )
+        q = _probe(op, seed, distribution)
         out[p] = float(torch.linalg.vector_norm(op.matvec(q).to(torch.float64)) ** 2)
     return out
+
+
+def _probe_seeds(generator: torch.Generator, probes: int) -> tuple[int, ...]:
+    """One seed per probe, drawn from ``generator`` (SLQ and :func:`second_moments` alike)."""
+    return tuple(int(s) for s in torch.randint(0, 2**62, (probes,), generator=generator))
+
+
+def _probe(op, seed: int, distribution: str) -> torch.Tensor:
+    """The unit probe of one seed, on the operator's device and dtype."""
+    return random_unit_vector(
+        op.dim,
+        generator=torch.Generator().manual_seed(seed),
+        distribution=distribution,
+        dtype=op.dtype,
+        device=op.device,
+    )
 
 
 def quadrature_moments(nodes: np.ndarray, weights: np.ndarray, orders) -> np.ndarray:
