@@ -1004,6 +1004,18 @@ def run_network(
         """The state directory of one stage (None: not resumable)."""
         return None if state_dir is None else str(Path(state_dir) / name)
 
+    def run_slq(op, stream, key, state, probes=config.probes):
+        """SLQ of ``op``: `steps` steps from `probes` probes of the named stream, resumable."""
+        return slq(
+            op,
+            steps,
+            probes,
+            generator=_generator(config.seed, stream, *key),
+            progress=False,
+            state_dir=stage(state),
+            save_every=save_every,
+        )
+
     try:
         clock = time.perf_counter()
         estimators = {"per-sample": (sigma2_per_sample, {})}
@@ -1028,15 +1040,7 @@ def run_network(
         timings["sigma2"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
-        full_slq = slq(
-            full_op,
-            steps,
-            config.probes,
-            generator=_generator(config.seed, "slq full"),
-            progress=False,
-            state_dir=stage("slq-full"),
-            save_every=save_every,
-        )
+        full_slq = run_slq(full_op, "slq full", (), "slq-full")
         timings["slq"] = time.perf_counter() - clock
         step("SLQ")
         clock = time.perf_counter()
@@ -1052,27 +1056,9 @@ def run_network(
             idx = draw_batch_indices(N, B, generator=_generator(config.seed, "batch draw", B))
             indices[B] = idx.numpy()
             clock = time.perf_counter()
-            batch_op = full_op.batch_operator(idx)
-            batch_slq = slq(
-                batch_op,
-                steps,
-                config.probes,
-                generator=_generator(config.seed, "slq batch", B),
-                progress=False,
-                state_dir=stage(f"slq-batch-{B}"),
-                save_every=save_every,
-            )
+            batch_slq = run_slq(full_op.batch_operator(idx), "slq batch", (B,), f"slq-batch-{B}")
             step("SLQ")
-            noise_op = full_op.noise_operator(idx)
-            noise_slq = slq(
-                noise_op,
-                steps,
-                config.probes,
-                generator=_generator(config.seed, "slq noise", B),
-                progress=False,
-                state_dir=stage(f"slq-noise-{B}"),
-                save_every=save_every,
-            )
+            noise_slq = run_slq(full_op.noise_operator(idx), "slq noise", (B,), f"slq-noise-{B}")
             timings["slq"] += time.perf_counter() - clock
             step("SLQ")
             clock = time.perf_counter()
@@ -1097,14 +1083,12 @@ def run_network(
                 generator = _generator(config.seed, "batch draw", B, draw)
                 idx = draw_batch_indices(N, B, generator=generator)
                 clock = time.perf_counter()
-                draw_slq = slq(
+                draw_slq = run_slq(
                     full_op.batch_operator(idx),
-                    steps,
-                    1,
-                    generator=_generator(config.seed, "slq batch", B, draw),
-                    progress=False,
-                    state_dir=stage(f"slq-batch-{B}-draw-{draw}"),
-                    save_every=save_every,
+                    "slq batch",
+                    (B, draw),
+                    f"slq-batch-{B}-draw-{draw}",
+                    probes=1,
                 )
                 timings["slq"] += time.perf_counter() - clock
                 step("SLQ")
