@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from validation.errors import UsageError
+from validation.options import Parser, Progress, integer, number, spike_set
 
 EXIT_USAGE = 2
 
@@ -27,49 +28,9 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
 )
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports bad input as one line (no usage dump) with exit status 2."""
-
-    def error(self, message):
-        raise UsageError(f"{self.prog}: {message}")
-
-
-def _integer(text: str) -> int:
-    """An integer, also written as 1e6 or 15_291_300."""
-    try:
-        value = float(text.replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if not math.isfinite(value) or not value.is_integer():
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
-    return int(value)
-
-
-def _number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
-
-
-def _spike_set(text: str) -> tuple[float, ...]:
-    """A comma-separated set of spike eigenvalues, e.g. '3,0.5,-2'; 'none' for no spike."""
-    if text.strip().lower() == "none":
-        return ()
-    try:
-        return tuple(_number(part) for part in text.split(","))
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated finite numbers such as 3,0.5,-2 (or none), got {text!r}"
-        ) from None
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m validation", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = Parser(prog="python -m validation", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     from validation.synthetic import SyntheticConfig
 
@@ -79,36 +40,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="Monte-Carlo check of Theorem 2, Weyl bounds, overlaps and free convolution",
         description="Draw low rank + GOE matrices over a grid and compare with theory.",
     )
-    syn.add_argument("--P", type=_integer, nargs="+", default=list(d.P), help="dimensions")
-    syn.add_argument("--t", type=_number, nargs="+", default=list(d.t), help="noise scales P s^2")
+    syn.add_argument("--P", type=integer, nargs="+", default=list(d.P), help="dimensions")
+    syn.add_argument("--t", type=number, nargs="+", default=list(d.t), help="noise scales P s^2")
     syn.add_argument(
         "--sigma2",
-        type=_number,
+        type=number,
         help="paper's parametrisation instead of --t: t = P f(N, B) sigma^2 (needs --N and --B)",
     )
-    syn.add_argument("--N", type=_integer, help="training-set size (with --sigma2)")
-    syn.add_argument("--B", type=_integer, help="batch size, drawn without replacement")
+    syn.add_argument("--N", type=integer, help="training-set size (with --sigma2)")
+    syn.add_argument("--B", type=integer, help="batch size, drawn without replacement")
     syn.add_argument(
         "--factor", default="paper", help="finite-population factor: paper (N-B)/(BN) or exact"
     )
     syn.add_argument(
         "--spikes",
-        type=_spike_set,
+        type=spike_set,
         nargs="+",
         default=list(d.spikes),
         help="spike sets, each comma-separated, e.g. --spikes 3,0.5,-2 1.5 (none: pure GOE)",
     )
-    syn.add_argument("--trials", type=_integer, default=d.trials, help="draws per configuration")
+    syn.add_argument("--trials", type=integer, default=d.trials, help="draws per configuration")
     syn.add_argument("--method", default=d.method, help="dense (P <= 4,000) or band (any P)")
-    syn.add_argument("--seed", type=_integer, default=d.seed, help="root of all random streams")
+    syn.add_argument("--seed", type=integer, default=d.seed, help="root of all random streams")
     syn.add_argument(
-        "--sweep-points", type=_integer, default=d.sweep_points, help="BBP sweep size (0: none)"
+        "--sweep-points", type=integer, default=d.sweep_points, help="BBP sweep size (0: none)"
     )
     syn.add_argument(
-        "--histogram-P", type=_integer, default=d.histogram_P, help="P of the histogram draws"
+        "--histogram-P", type=integer, default=d.histogram_P, help="P of the histogram draws"
     )
-    syn.add_argument("--n-extreme", type=_integer, default=d.n_extreme, help="eigenvalues per end")
-    syn.add_argument("--z-crit", type=_number, default=d.z_crit, help="|z| above it: disagrees")
+    syn.add_argument("--n-extreme", type=integer, default=d.n_extreme, help="eigenvalues per end")
+    syn.add_argument("--z-crit", type=number, default=d.z_crit, help="|z| above it: disagrees")
     syn.add_argument("--out", type=Path, default=Path("results/synthetic"), help="result folder")
     syn.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -283,31 +244,3 @@ def _run(args, started) -> int:
     report = build_report(folders, args.out / "report", started=started)
     print(f"done: report in {report}")
     return 0
-
-
-class Progress:
-    """tqdm bars, one per stage label, closed when the stage is done or the run ends."""
-
-    def __init__(self, *, enabled: bool):
-        self.enabled = enabled
-        self.bars = {}
-
-    def __enter__(self):
-        return self
-
-    def __call__(self, label, done, total):
-        if not self.enabled:
-            return
-        from tqdm import tqdm
-
-        bar = self.bars.get(label)
-        if bar is None:
-            bar = self.bars[label] = tqdm(total=total, desc=label, leave=False, file=sys.stderr)
-        bar.update(done - bar.n)
-        if done >= total:
-            bar.close()
-
-    def __exit__(self, *exc):
-        for bar in self.bars.values():
-            bar.close()
-        return False

@@ -2181,7 +2181,7 @@ def write_epochs(table, out, *, config: dict, folders: dict, started, wall_secon
 
 
 def add_parser(sub) -> None:
-    from validation.cli import _integer, _number
+    from validation.options import integer, number
 
     d = NetworkConfig()
     p = sub.add_parser(
@@ -2210,10 +2210,10 @@ def add_parser(sub) -> None:
     )
     p.add_argument(
         "--samples",
-        type=_integer,
+        type=integer,
         help="N: use the first n samples of the data set (default: all; CIFAR-100 50,000)",
     )
-    p.add_argument("--width", type=_integer, help="MLP hidden width / CNN channels")
+    p.add_argument("--width", type=integer, help="MLP hidden width / CNN channels")
     p.add_argument(
         "--checkpoint",
         type=Path,
@@ -2227,54 +2227,54 @@ def add_parser(sub) -> None:
     )
     p.add_argument(
         "--epochs",
-        type=_integer,
+        type=integer,
         nargs="+",
         help="with --checkpoints: only these saved epochs (e.g. --epochs 10 50 200)",
     )
     p.add_argument(
         "--train-epochs",
-        type=_integer,
+        type=integer,
         default=d.train_epochs,
         help="without --checkpoint: SGD epochs from a seeded init",
     )
     p.add_argument(
-        "--batch-sizes", type=_integer, nargs="+", default=list(d.batch_sizes), help="values of B"
+        "--batch-sizes", type=integer, nargs="+", default=list(d.batch_sizes), help="values of B"
     )
     p.add_argument(
         "--batch-draws",
-        type=_integer,
+        type=integer,
         default=d.batch_draws,
         help="K independent batches per B: lambda_max/min of H_B as mean +- SE over the draws "
         "(draw 0 gets the full analysis, the others one Lanczos run each)",
     )
-    p.add_argument("--steps", type=_integer, default=d.steps, help="Lanczos steps m (paper: 100)")
-    p.add_argument("--probes", type=_integer, default=d.probes, help="SLQ probes per operator")
+    p.add_argument("--steps", type=integer, default=d.steps, help="Lanczos steps m (paper: 100)")
+    p.add_argument("--probes", type=integer, default=d.probes, help="SLQ probes per operator")
     p.add_argument(
         "--sigma2-probes",
-        type=_integer,
+        type=integer,
         default=d.sigma2_probes,
         help="probes per sigma^2 estimator",
     )
-    p.add_argument("--seed", type=_integer, default=d.seed, help="root of all random streams")
+    p.add_argument("--seed", type=integer, default=d.seed, help="root of all random streams")
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--dtype", default=d.dtype, help="float64 (validation) or float32")
     p.add_argument("--policy", default=d.policy, help="BatchNorm/dropout: eval or batch-stats")
     p.add_argument("--factor", default=d.factor, help="finite-population factor: exact or paper")
-    p.add_argument("--z-crit", type=_number, default=d.z_crit, help="|z| above it: disagrees")
+    p.add_argument("--z-crit", type=number, default=d.z_crit, help="|z| above it: disagrees")
     p.add_argument(
         "--exact", default=d.exact, help=f"dense exact check: auto (P <= {EXACT_MAX_P:,}), yes, no"
     )
     p.add_argument(
-        "--hvp-batch", type=_integer, default=d.hvp_batch, help="samples per full-data chunk"
+        "--hvp-batch", type=integer, default=d.hvp_batch, help="samples per full-data chunk"
     )
     p.add_argument(
         "--graph-cache-gb",
-        type=_number,
+        type=number,
         default=d.graph_cache_gb,
         help="GiB for gradient graphs reused across HVPs (speed only; 0: none)",
     )
     p.add_argument(
-        "--threads", type=_integer, default=d.threads, help="CPU threads (0: torch's default)"
+        "--threads", type=integer, default=d.threads, help="CPU threads (0: torch's default)"
     )
     p.add_argument(
         "--state-dir",
@@ -2283,7 +2283,7 @@ def add_parser(sub) -> None:
     )
     p.add_argument(
         "--save-every",
-        type=_integer,
+        type=integer,
         default=DEFAULT_SAVE_EVERY,
         help="with --state-dir: Lanczos steps between saves",
     )
@@ -2391,7 +2391,7 @@ def command(args, started) -> int:
 def _command(args, started) -> int:
     import torch
 
-    from validation.cli import Progress
+    from validation.options import Progress
 
     _check_run_options(args)
     config = config_from_args(args)
@@ -2447,7 +2447,7 @@ def _sweep(args, config, checkpoints, context, run, started) -> int:
     the same configuration), then the epoch table and figure. Rank 0 decides reuse and writes."""
     from datetime import UTC, datetime
 
-    from validation.cli import Progress
+    from validation.options import Progress
     from validation.store import same_config
 
     sharding = None

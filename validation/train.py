@@ -804,7 +804,7 @@ def _write_results(out, config, history, checkpoints, P, dev, started, seconds, 
 
 
 def add_parser(sub) -> None:
-    from validation.cli import _integer, _number
+    from validation.options import integer, number
 
     p = sub.add_parser(
         "train",
@@ -826,43 +826,43 @@ def add_parser(sub) -> None:
     p.add_argument("--download", action="store_true", help="fetch CIFAR-100 if it is not there")
     p.add_argument(
         "--num-classes",
-        type=_integer,
+        type=integer,
         help="classes of the model (default: the data's; must match it)",
     )
     p.add_argument(
         "--epochs",
-        type=_integer,
+        type=integer,
         help="epochs (default: paper's 225 for VGG16, 300 for PreResNet-110; 20 small)",
     )
-    p.add_argument("--batch-size", type=_integer, default=128, help="batch size (128)")
+    p.add_argument("--batch-size", type=integer, default=128, help="batch size (128)")
     p.add_argument(
         "--lr",
-        type=_number,
+        type=number,
         help="initial learning rate (default: paper's 0.1 VGG16, 0.05 PreResNet-110; "
         "0.1 small models)",
     )
-    p.add_argument("--momentum", type=_number, default=0.9, help="SGD momentum (paper: 0.9)")
+    p.add_argument("--momentum", type=number, default=0.9, help="SGD momentum (paper: 0.9)")
     p.add_argument(
         "--weight-decay",
-        type=_number,
+        type=number,
         default=DEFAULT_WEIGHT_DECAY,
         help="L2 weight decay; not stated in the paper, 5e-4 is the conventional "
         "CIFAR value (5e-4)",
     )
     p.add_argument(
         "--decay-start",
-        type=_integer,
+        type=integer,
         help="epoch index where the linear lr decay starts (default: paper's 126 (VGG16) / 161 "
         "scaled to --epochs)",
     )
     p.add_argument(
         "--decay-end",
-        type=_integer,
+        type=integer,
         help="epoch index where it ends (default: the last epoch)",
     )
     p.add_argument(
         "--final-lr-fraction",
-        type=_number,
+        type=number,
         default=DEFAULT_FINAL_FRACTION,
         help="lr after the decay as a fraction of --lr (0.01, SWA schedule)",
     )
@@ -871,15 +871,15 @@ def add_parser(sub) -> None:
     )
     p.add_argument(
         "--dropout",
-        type=_number,
+        type=number,
         help="dropout probability (default: the model's; vgg16 0.5, small models 0)",
     )
-    p.add_argument("--limit", type=_integer, help="train on the first N training samples only")
-    p.add_argument("--seed", type=_integer, default=0, help="root of all random streams (0)")
+    p.add_argument("--limit", type=integer, help="train on the first N training samples only")
+    p.add_argument("--seed", type=integer, default=0, help="root of all random streams (0)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when available)")
     p.add_argument(
         "--checkpoint-every",
-        type=_integer,
+        type=integer,
         default=1,
         help="save a checkpoint every k epochs; the last epoch is always saved (1)",
     )
