@@ -26,6 +26,9 @@ Long runs: :func:`lanczos` and :func:`slq` take ``state_dir`` and ``save_every``
 the last save after a kill, bit-identically on the CPU (:mod:`nnhessian.checkpoint`). With a
 sharded operator (:mod:`nnhessian.distributed`) the loop runs on every rank with identical
 vectors and only the products are distributed.
+
+Post-processing of the nodes and weights needs no torch and lives in :mod:`rmt.spectra`;
+:func:`quadrature_moments` and :func:`smooth_density` are re-exported here from there.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from nnhessian.checkpoint import (
     generator_state_hash,
     tensor_sha256,
 )
+from rmt.spectra import quadrature_moments, smooth_density  # re-exported: pure numpy
 
 __all__ = [
     "ExtremeEigenvalues",
@@ -614,43 +618,6 @@ def _probe(op, seed: int, distribution: str) -> torch.Tensor:
         dtype=op.dtype,
         device=op.device,
     )
-
-
-def quadrature_moments(nodes: np.ndarray, weights: np.ndarray, orders) -> np.ndarray:
-    """``sum_j w_j theta_j^k`` per probe and order: shape ``(..., len(orders))``.
-
-    Each is a Gauss-quadrature estimate of ``q^T A^k q`` (exact for ``k <= 2m - 1``); its mean over
-    probes estimates ``tr(A^k) / P``. NaN-padded nodes with zero weight are ignored.
-    """
-    nodes = np.asarray(nodes, dtype=np.float64)
-    weights = np.asarray(weights, dtype=np.float64)
-    safe = np.where(weights > 0, np.nan_to_num(nodes), 0.0)
-    ks = np.atleast_1d(np.asarray(orders))
-    return np.stack([(weights * safe**k).sum(axis=-1) for k in ks], axis=-1)
-
-
-def smooth_density(
-    nodes: np.ndarray, weights: np.ndarray, grid: np.ndarray, width: float
-) -> np.ndarray:
-    """Spectral density on ``grid``: Gaussian kernels of standard deviation ``width``.
-
-    ``rho(x) = mean_p sum_j w_pj N(x; theta_pj, width^2)`` (Lin, Saad & Yang 2016, eq. 3.9; the
-    kernel form of Ghorbani et al. 2019). Integrates to 1 over the real line. ``width`` trades
-    bias (larger: smeared spectrum) for variance (smaller: spiky). Nodes ``(m,)`` or
-    ``(probes, m)``; NaN-padded nodes with zero weight are ignored. Pure function: no HVPs.
-    """
-    if not np.isfinite(width) or width <= 0:
-        raise ValueError(f"width must be a positive number, got {width!r}")
-    nodes = np.atleast_2d(np.asarray(nodes, dtype=np.float64))
-    weights = np.atleast_2d(np.asarray(weights, dtype=np.float64))
-    if nodes.shape != weights.shape:
-        raise ValueError(f"nodes {nodes.shape} and weights {weights.shape} differ in shape")
-    grid = np.asarray(grid, dtype=np.float64)
-    keep = weights > 0
-    th = nodes[keep]
-    w = weights[keep] / nodes.shape[0]
-    z = (grid[..., None] - th) / width
-    return (np.exp(-0.5 * z * z) * w).sum(axis=-1) / (width * math.sqrt(2 * math.pi))
 
 
 # ---------------------------------------------------------------------------------------------

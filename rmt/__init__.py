@@ -7,7 +7,12 @@ numpy/scipy only. Stages:
 * :mod:`rmt.band` -- the exact band model that reaches P = 15,291,300;
 * :mod:`rmt.bounds` -- Weyl's inequalities checked on samples;
 * :mod:`rmt.freeconv` -- free additive convolution with the semicircle (Biane);
-* :mod:`rmt.experiments` -- Monte-Carlo comparisons of samples against theory.
+* :mod:`rmt.experiments` -- Monte-Carlo comparisons of samples against theory;
+* :mod:`rmt.spectra` -- spectral measures after the fact: quadrature moments, shape statistics,
+  jackknife, kernel smoothing, Wasserstein-1 distances, SLQ resolution.
+
+:mod:`rmt.testing` (hypothesis strategies and statistical assertions for property tests) needs
+hypothesis and is imported on demand: ``import rmt.testing``.
 """
 
 from rmt.band import band_extremes, truncation_check, truncation_rows
@@ -20,6 +25,18 @@ from rmt.freeconv import (
     free_convolution_support,
 )
 from rmt.samplers import dense_extremes, haar_frame, sample_goe, sample_low_rank, sample_spiked
+from rmt.spectra import (
+    jackknife,
+    quadrature_moments,
+    raw_moments,
+    shape_statistics,
+    slq_resolution,
+    smooth_density,
+    smoothing_width,
+    wasserstein1_discrete,
+    wasserstein1_measure_to_density,
+    wasserstein1_to_density,
+)
 from rmt.theory import (
     Theorem2Prediction,
     bbp_outlier,
@@ -52,18 +69,28 @@ __all__ = [
     "free_convolution_outliers",
     "free_convolution_support",
     "haar_frame",
+    "jackknife",
     "low_rank_extremes",
     "noise_scale",
     "outlier_sd",
+    "quadrature_moments",
+    "raw_moments",
     "sample_goe",
     "sample_low_rank",
     "sample_spiked",
     "semicircle_density",
     "semicircle_edge",
+    "shape_statistics",
+    "slq_resolution",
+    "smooth_density",
+    "smoothing_width",
     "spiked_extremes",
     "theorem2",
     "truncation_check",
     "truncation_rows",
+    "wasserstein1_discrete",
+    "wasserstein1_measure_to_density",
+    "wasserstein1_to_density",
     "weyl_check",
     "weyl_paper_bound",
     "weyl_table",

@@ -19,9 +19,9 @@ from rmt.freeconv import (
     free_convolution_outliers,
     free_convolution_support,
 )
+from rmt.spectra import wasserstein1_to_density
 from rmt.theory import exact_factor
 from tests.tolerances import Z_STAT
-from validation.synthetic import wasserstein1_to_density
 
 P, N, B = 400, 1_000, 50
 SPIKE = 5.0

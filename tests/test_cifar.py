@@ -22,6 +22,14 @@ from nnhessian.cifar import (
     write_miniature_cifar100,
 )
 from nnhessian.data import BatchSource, InMemoryDataset, data_pass
+from nnhessian.datasets import (
+    DEFAULT_DATA_DIR,
+    DatasetError,
+    load_dataset,
+    load_training_data,
+    test_batches,
+    training_batch,
+)
 from tests.tolerances import CIFAR_NORMALIZE_ATOL32, Z_STAT
 
 
@@ -254,3 +262,68 @@ def test_download_unpacks_an_archive_already_in_the_folder_with_torchvision(tmp_
     assert len(train) == 6 and len(test) == 3
     assert np.array_equal(train.images, expected.images)
     assert np.array_equal(train.labels, expected.labels)
+
+
+# ---- the data-set registry (nnhessian.datasets) on the miniature files ---------------------
+
+
+def test_registry_cifar100_is_the_hessian_view(mini, tmp_path, monkeypatch):
+    """load_dataset("cifar100") is load_cifar100's training split, exactly; ``limit`` cuts and
+    asks no more than there is; no data_dir reads DEFAULT_DATA_DIR ("data" in the cwd)."""
+    ref = load_cifar100(mini, dtype=torch.float64)
+    data = load_dataset("cifar100", data_dir=mini, dtype=torch.float64)
+    assert data.num_classes == 100 and torch.equal(data.X, ref.X) and torch.equal(data.y, ref.y)
+    head = load_dataset("cifar100", data_dir=mini, dtype=torch.float32, limit=5)
+    assert torch.equal(head.X, load_cifar100(mini, limit=5).X) and len(head) == 5
+    assert len(load_dataset("cifar100", data_dir=mini, dtype=torch.float32, limit=99)) == 24
+    assert DEFAULT_DATA_DIR == {"cifar100": "data"}
+    write_miniature_cifar100(tmp_path / "data", 24, 10, seed=5)  # the same files as `mini`
+    monkeypatch.chdir(tmp_path)
+    assert torch.equal(load_dataset("cifar100", dtype=torch.float64).X, ref.X)
+
+
+def test_registry_cifar100_training_split(mini):
+    """load_training_data("cifar100"): the train and test files as uint8 images, file order."""
+    train, test = read_cifar100(mini, "train"), read_cifar100(mini, "test")
+    data = load_training_data("cifar100", data_dir=mini)
+    assert data.name == "cifar100" and data.num_classes == 100 and data.raw_uint8
+    assert torch.equal(data.train_X, train.images) and torch.equal(data.train_y, train.labels)
+    assert torch.equal(data.test_X, test.images) and torch.equal(data.test_y, test.labels)
+    assert data.input_shape == (3, 32, 32)
+    cut = load_training_data("cifar100", data_dir=mini, limit=7)
+    assert torch.equal(cut.train_X, train.images[:7]) and torch.equal(cut.test_y, test.labels)
+
+
+def test_registry_cifar100_batches_augment_then_normalise(mini):
+    """A training batch: the chosen images, augmented from the generator, then normalised; the
+    test batches: every test image normalised, in order, never augmented."""
+    data = load_training_data("cifar100", data_dir=mini)
+    idx = torch.tensor([5, 0, 17])
+    X, y = training_batch(
+        data, idx, augment=True, generator=torch.Generator().manual_seed(4), device="cpu"
+    )
+    expected = normalize(augment(data.train_X[idx], generator=torch.Generator().manual_seed(4)))
+    assert torch.equal(X, expected) and torch.equal(y, data.train_y[idx])
+    X, _ = training_batch(data, idx, augment=False, generator=torch.Generator(), device="cpu")
+    assert torch.equal(X, normalize(data.train_X[idx]))
+    pairs = list(test_batches(data, "cpu"))
+    assert len(pairs) == 1  # 10 test images, batches of EVAL_BATCH = 1000
+    assert torch.equal(pairs[0][0], normalize(data.test_X)) and torch.equal(
+        pairs[0][1], data.test_y
+    )
+
+
+def test_registry_cifar100_errors_are_one_line(mini, tmp_path):
+    """Missing files: the same one line as CifarDataError, as a DatasetError (a ValueError);
+    a limit above the training set names both numbers."""
+    with pytest.raises(CifarDataError) as raw:
+        read_cifar100(tmp_path / "nodata")
+    for load in (
+        lambda: load_dataset("cifar100", data_dir=tmp_path / "nodata", dtype=torch.float32),
+        lambda: load_training_data("cifar100", data_dir=tmp_path / "nodata"),
+    ):
+        with pytest.raises(DatasetError) as err:
+            load()
+        assert str(err.value) == str(raw.value) and isinstance(err.value, ValueError)
+    with pytest.raises(DatasetError, match="^--limit 25 exceeds the 24 training samples of cifar"):
+        load_training_data("cifar100", data_dir=mini, limit=25)

@@ -21,7 +21,7 @@ import torch
 from nnhessian.data import load_digits
 from nnhessian.models import build
 from reports.schema import TIDY_COLUMNS, VERDICTS
-from rmt import theory
+from rmt import spectra, theory
 from rmt.freeconv import free_convolution_density
 from tests.test_nnhessian_reference import (  # noqa: F401 (single_thread: autouse fixture)
     dense_hessian,
@@ -36,9 +36,10 @@ from tests.tolerances import (
     freeconv_density_atol,
     network_eig_atol,
 )
-from validation import network
+from validation.checks.network import growth_law
+from validation.checks.network_extremes import spread_row
 from validation.cli import main
-from validation.synthetic import wasserstein1_to_density
+from validation.network.config import DENSITY_CURVES, stream_generator
 
 N_TOY, WIDTH, SIZES = 120, 2, (8, 30)
 FILES = {
@@ -167,7 +168,7 @@ def test_files_schema_and_provenance(toy_run):
 
     density = pd.read_csv(toy_run / "density.csv")
     assert list(density.columns) == ["curve", "B", "x", "density"]
-    assert set(density.curve) == set(network.DENSITY_CURVES)
+    assert set(density.curve) == set(DENSITY_CURVES)
     assert density.loc[density.curve == "full", "B"].isna().all()
     sweep = pd.read_csv(toy_run / "sweep.csv")
     assert list(sweep.B) == list(SIZES)
@@ -259,7 +260,7 @@ def test_noise_variance_row_is_the_mean_over_draws_of_tr_n2(toy_run, draws_run, 
         for draw, values in enumerate(stored, start=1):
             idx = results["batch_draw_indices"][str(B)][draw]
             HB = dense_hessian(model, [(X[idx], y[idx])], [1.0])
-            g = network._generator(0, "noise m2", B, draw)
+            g = stream_generator(0, "noise m2", B, draw)
             ref = second_moments(MatrixOperator(HB - H), 3, generator=g)
             # each product carries <= HVP_RTOL64 (||H_B q|| + ||H q||) <= HVP_RTOL64 (||H_B|| +
             # ||H||) =: e, so ||N q + err||^2 moves by <= 2 ||N q|| e + e^2
@@ -386,31 +387,31 @@ def test_weighted_w1_reproduces_the_equal_weight_version():
     samples = rng.normal(size=300)
     grid = np.linspace(-5, 5, 801)
     density = np.exp(-0.5 * grid**2)
-    expected = wasserstein1_to_density(samples, grid, density)
-    got = network.wasserstein1_measure_to_density(samples, np.full(300, 1 / 300), grid, density)
+    expected = spectra.wasserstein1_to_density(samples, grid, density)
+    got = spectra.wasserstein1_measure_to_density(samples, np.full(300, 1 / 300), grid, density)
     assert abs(got - expected) <= 1e3 * np.finfo(float).eps * expected
     # weights matter: all mass on the largest sample is farther from N(0, 1)
     heavy = np.where(samples == samples.max(), 1.0, 0.0)
-    assert network.wasserstein1_measure_to_density(samples, heavy, grid, density) > 2 * got
+    assert spectra.wasserstein1_measure_to_density(samples, heavy, grid, density) > 2 * got
 
 
 def test_discrete_w1_and_slq_resolution():
-    assert network.wasserstein1_discrete([0.0], [1.0], [2.5], [1.0]) == 2.5
+    assert spectra.wasserstein1_discrete([0.0], [1.0], [2.5], [1.0]) == 2.5
     # half the mass moved by 1: W1 = 0.5
-    assert network.wasserstein1_discrete([0.0, 1.0], [1, 1], [1.0], [1.0]) == 0.5
+    assert spectra.wasserstein1_discrete([0.0, 1.0], [1, 1], [1.0], [1.0]) == 0.5
     same = np.tile(np.linspace(0, 1, 5), (4, 1))
     weights = np.full((4, 5), 0.2)
-    assert network.slq_resolution(same, weights) == 0.0
-    assert np.isnan(network.slq_resolution(same[:1], weights[:1]))
+    assert spectra.slq_resolution(same, weights) == 0.0
+    assert np.isnan(spectra.slq_resolution(same[:1], weights[:1]))
 
 
 def test_shape_statistics_of_a_semicircle_and_a_point_pair():
     # semicircle of variance t: m2 = t, m4 = 2 t^2 (Catalan numbers), odd moments 0
-    skew, kurt = network.shape_statistics(np.array([0.0, 1.5, 0.0, 2 * 1.5**2]))
+    skew, kurt = spectra.shape_statistics(np.array([0.0, 1.5, 0.0, 2 * 1.5**2]))
     assert (skew, kurt) == (0.0, 2.0)
     # two atoms at 0 (weight 3/4) and 1 (1/4): skewness (1 - 2p)/sqrt(p(1-p)) with p = 1/4
     m = np.array([0.25, 0.25, 0.25, 0.25])
-    skew, _ = network.shape_statistics(m)
+    skew, _ = spectra.shape_statistics(m)
     assert skew == pytest.approx(0.5 / np.sqrt(0.1875), rel=1e-14)
 
 
@@ -490,7 +491,9 @@ def test_model_data_shape_mismatch_is_refused(tmp_path, capsys, monkeypatch):
     def flat_digits(*, data_dir, dtype, **_):
         return load_digits(images=False, dtype=dtype)  # (N, 64): not images for a CNN
 
-    monkeypatch.setitem(network.DATA_LOADERS, "digits", flat_digits)
+    from nnhessian import datasets
+
+    monkeypatch.setitem(datasets.DATASETS, "digits", flat_digits)
     out = tmp_path / "network"
     argv = ["network", "--model", "cnn", "--out", str(out), "--quiet"]
     _assert_refused(tmp_path, capsys, argv, "model 'cnn' does not fit data 'digits'", out)
@@ -507,8 +510,6 @@ def test_module_imports_neither_torch_nor_matplotlib():
 
 def test_batch_spread_row_is_a_chi_square_test_of_the_theory_sd():
     from scipy import stats
-
-    from validation.network import spread_row
 
     rng = np.random.default_rng(5)
     sd, K = 0.3, 6
@@ -533,9 +534,9 @@ def test_growth_law_skips_b_equal_n_in_the_log_log_slope():
     f = np.array([0.04, 0.01, 0.0025, 0.0])
     lam = 3.0 * np.sqrt(f) + np.array([0, 0, 0, 1.0])
     sweep = pd.DataFrame({"f": f, "measured_max": lam, "lambda_full_max": 1.0})
-    law = network.growth_law(sweep, sigma2=1e-4, P=100)
+    law = growth_law(sweep, sigma2=1e-4, P=100)
     assert law["loglog_slope_vs_f"] == pytest.approx(0.5, rel=1e-12)
-    assert np.isnan(network.growth_law(sweep.iloc[2:], sigma2=1e-4, P=100)["loglog_slope_vs_f"])
+    assert np.isnan(growth_law(sweep.iloc[2:], sigma2=1e-4, P=100)["loglog_slope_vs_f"])
 
 
 def test_batch_size_equal_to_n_runs_to_the_end(tmp_path, checkpoint):

@@ -30,11 +30,11 @@ from nnhessian.checkpoint import tensor_sha256
 from nnhessian.cifar import load_cifar100, write_miniature_cifar100
 from nnhessian.distributed import DistContext
 from nnhessian.operators import HessianOperator
+from nnhessian.train_checkpoint import list_checkpoints
 from tests.test_nnhessian_reference import single_thread  # noqa: F401 (autouse fixture)
 from tests.tolerances import SIGMA2_PROBE_RTOL64, lanczos_reorder_atol
-from validation import network
 from validation.cli import main
-from validation.train import list_checkpoints
+from validation.network import commandline, epochs
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = (1, 2, 3)
@@ -147,7 +147,7 @@ def test_sweep_writes_every_epoch_and_the_epoch_table(sweep, trained):
     assert names == {"epoch_0001", "epoch_0002", "epoch_0003", "epochs.csv", "epochs.png",
                      "results.json"}  # fmt: skip
     table = pd.read_csv(sweep / "epochs.csv")
-    assert tuple(table.columns) == network.EPOCH_COLUMNS
+    assert tuple(table.columns) == epochs.EPOCH_COLUMNS
     assert list(table.epoch) == [1, 1, 2, 2, 3, 3] and list(table.B) == [10, 25] * 3
     for epoch in EPOCHS:
         folder = sweep / f"epoch_{epoch:04d}"
@@ -187,13 +187,13 @@ def test_sweep_reuses_finished_epochs_and_resumes(tmp_path, sweep, trained, monk
         for f in (sweep / name).iterdir():
             (out / name / f.name).write_bytes(f.read_bytes())
     calls = []
-    real = network.run_network
+    real = epochs.run_network
 
     def counting(config, **kwargs):
         calls.append(config.checkpoint)
         return real(config, **kwargs)
 
-    monkeypatch.setattr(network, "run_network", counting)
+    monkeypatch.setattr(epochs, "run_network", counting)
     assert run_cli(["network", "--checkpoints", trained, *SWEEP_ARGS, "--out", out]) == 0
     assert calls == [str(list_checkpoints(trained)[2])]
     assert "epoch 1: reusing" in capsys.readouterr().out
@@ -365,7 +365,7 @@ def test_two_gloo_processes_match_the_single_process_run(tmp_path):
 
 def test_world_larger_than_the_data_is_refused(tmp_path, capsys, monkeypatch):
     fake = DistContext(0, 3, 0, "gloo", torch.device("cpu"), False)  # no process group needed
-    monkeypatch.setattr(network, "init_context", lambda config: fake)
+    monkeypatch.setattr(commandline, "init_context", lambda config: fake)
     out = tmp_path / "network"
     argv = ["network", "--samples", 2, "--batch-sizes", 2, "--out", out, "--quiet"]
     _assert_refused(capsys, argv, "world size 3 exceeds the data set size N = 2", out)

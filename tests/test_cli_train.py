@@ -3,25 +3,31 @@
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from nnhessian import datasets
 from nnhessian.cifar import write_miniature_cifar100
-from tests.tolerances import TRAIN_RESUME_ATOL
-from validation.cli import main
-from validation.errors import UsageError
-from validation.train import (
-    default_decay,
-    learning_rate,
+from nnhessian.data import InMemoryDataset, load_digits
+from nnhessian.train_checkpoint import (
+    CheckpointError,
+    SeedStreams,
+    isolated_generators,
     list_checkpoints,
     load_checkpoint,
     read_checkpoint,
+    seed_streams,
 )
+from nnhessian.training import TrainingError, default_decay, learning_rate, model_options
+from tests.tolerances import TRAIN_RESUME_ATOL
+from validation.cli import main
 
 assert TRAIN_RESUME_ATOL == 0.0  # bit-identical: compared with torch.equal below
 
@@ -163,27 +169,136 @@ def test_load_checkpoint(uninterrupted, tmp_path):
     assert meta["seed"] == 3 and len(meta["history"]) == 3 and meta["config"]["epochs"] == 3
     assert_same_tensors(dict(model.state_dict()), dict(payload["model_state"]))
     assert load_checkpoint(path)[1] == 3  # model and classes taken from the file
-    with pytest.raises(UsageError, match="holds a cnn_bn model, not vgg16"):
+    with pytest.raises(CheckpointError, match="holds a cnn_bn model, not vgg16"):
         load_checkpoint(path, "vgg16", 100)
-    with pytest.raises(UsageError, match="has 100 output classes, but 10"):
+    with pytest.raises(CheckpointError, match="has 100 output classes, but 10"):
         load_checkpoint(path, "cnn_bn", 10)
-    with pytest.raises(UsageError, match="does not exist"):
+    with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "none.pt", "cnn_bn", 100)
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(path.read_bytes()[:1000])  # a truncated file
-    with pytest.raises(UsageError, match="corrupt"):
+    with pytest.raises(CheckpointError, match="corrupt"):
         load_checkpoint(garbage, "cnn_bn", 100)
     foreign = tmp_path / "foreign.pt"
     torch.save({"weights": torch.zeros(3)}, foreign)
-    with pytest.raises(UsageError, match="not a training checkpoint"):
+    with pytest.raises(CheckpointError, match="not a training checkpoint"):
         load_checkpoint(foreign, "cnn_bn", 100)
     reshaped = tmp_path / "reshaped.pt"  # right format, weights of another shape
     torch.save({**payload, "model_options": {**payload["model_options"], "width": 3}}, reshaped)
-    with pytest.raises(UsageError, match="does not fit model cnn_bn with 100 classes"):
+    with pytest.raises(CheckpointError, match="does not fit model cnn_bn with 100 classes"):
         load_checkpoint(reshaped, "cnn_bn", 100)
+    newer = tmp_path / "newer.pt"
+    torch.save({**payload, "version": 2}, newer)
+    with pytest.raises(CheckpointError, match="has format version 2; this suite reads version 1"):
+        load_checkpoint(newer)
     if not torch.cuda.is_available():
-        with pytest.raises(UsageError, match="CUDA is not available"):
+        with pytest.raises(CheckpointError, match="CUDA is not available"):
             load_checkpoint(path, "cnn_bn", 100, device="cuda")
+
+
+def test_seed_streams_are_pinned():
+    """The four streams of a seed never change: old checkpoints and results stay reproducible
+    (SeedSequence(3).spawn(4), first 64-bit word of each child >> 1)."""
+    assert seed_streams(3) == SeedStreams(
+        init=7224678797418390616,
+        data=9221857584964276806,
+        torch=608004686068262013,
+        numpy=8529447876139971898,
+    )
+
+
+def test_isolated_generators_seed_restore_and_leave_the_caller_alone():
+    """Inside: the globals seeded from the streams (or restored from a captured state); after:
+    the caller's torch, numpy and python generators continue as if nothing had happened."""
+    from nnhessian.train_checkpoint import capture_rng
+
+    streams = seed_streams(5)
+    cpu = torch.device("cpu")
+
+    def draws():
+        legacy = np.random.rand(3)  # noqa: NPY002 - the global state is what is checked
+        return [torch.rand(3), torch.tensor(legacy), [random.random() for _ in "abc"]]
+
+    torch.manual_seed(11), np.random.seed(12), random.seed(13)  # noqa: NPY002
+    expected = draws()
+    torch.manual_seed(11), np.random.seed(12), random.seed(13)  # noqa: NPY002
+    data = torch.Generator()
+    with isolated_generators(cpu, data, streams=streams):
+        inside = draws()
+        state = capture_rng(data, cpu)
+        later = [*draws(), torch.randint(0, 10**6, (3,), generator=data)]
+    assert_same_tensors(draws(), expected)  # the caller's streams, untouched
+    with isolated_generators(cpu, data, state=state):  # a resume continues where it stopped
+        assert_same_tensors([*draws(), torch.randint(0, 10**6, (3,), generator=data)], later)
+    torch.manual_seed(streams.torch)
+    np.random.seed(streams.numpy % 2**32)  # noqa: NPY002
+    random.seed(streams.numpy)
+    assert_same_tensors(inside, draws())  # seeded from the torch and numpy streams
+    with pytest.raises(ValueError, match="exactly one of streams"):
+        with isolated_generators(cpu, data):
+            pass
+
+
+def test_registry_digits_split_and_hessian_view():
+    """digits: the first 1500 of 1797 standardised samples train, the other 297 test; the
+    Hessian view is load_digits(images=True) in the dtype asked, the first `limit` samples."""
+    ref = load_digits(images=True, dtype=torch.float32)
+    data = datasets.load_training_data("digits")
+    assert data.name == "digits" and data.num_classes == 10 and not data.raw_uint8
+    assert torch.equal(data.train_X, ref.X[:1500]) and torch.equal(data.train_y, ref.y[:1500])
+    assert torch.equal(data.test_X, ref.X[1500:]) and torch.equal(data.test_y, ref.y[1500:])
+    assert len(data.test_y) == 297 and data.input_shape == (1, 8, 8)
+    cut = datasets.load_training_data("digits", limit=40)
+    assert torch.equal(cut.train_X, ref.X[:40]) and len(cut.test_y) == 297
+    with pytest.raises(datasets.DatasetError, match="^--limit 1501 exceeds the 1500 training"):
+        datasets.load_training_data("digits", limit=1501)
+    view = datasets.load_dataset("digits", dtype=torch.float64, limit=100)
+    ref64 = load_digits(images=True, dtype=torch.float64)
+    assert torch.equal(view.X, ref64.X[:100]) and torch.equal(view.y, ref64.y[:100])
+    assert (
+        view.num_classes == 10 and len(datasets.load_dataset("digits", dtype=torch.float64)) == 1797
+    )
+
+
+def test_registry_names_and_a_new_data_set(monkeypatch):
+    """Unknown names: one line listing the accepted ones. A researcher's loader registered in
+    DATASETS / NUM_CLASSES is found by load_dataset, cut to `limit`, given its class count."""
+    assert list(datasets.DATASETS) == ["digits", "cifar100"]
+    assert list(datasets.TRAINING_SPLITS) == ["cifar100", "digits"]
+    assert datasets.NUM_CLASSES == {"digits": 10, "cifar100": 100}
+    with pytest.raises(
+        datasets.DatasetError, match="^unknown data set 'mnist'; accepted: digits, c"
+    ):
+        datasets.load_dataset("mnist", dtype=torch.float32)
+    with pytest.raises(datasets.DatasetError, match="'mnist'; choose one of cifar100, digits$"):
+        datasets.load_training_data("mnist")
+    X = torch.arange(12.0).reshape(6, 2)
+    seen = {}
+
+    def blobs(*, data_dir, dtype, download=False, limit=None):
+        seen.update(data_dir=data_dir, download=download)
+        return InMemoryDataset(X.to(dtype), torch.tensor([0, 1, 2, 0, 1, 2]))  # no num_classes
+
+    monkeypatch.setitem(datasets.DATASETS, "blobs", blobs)
+    monkeypatch.setitem(datasets.NUM_CLASSES, "blobs", 3)
+    monkeypatch.setitem(datasets.DEFAULT_DATA_DIR, "blobs", "blob-folder")
+    data = datasets.load_dataset("blobs", dtype=torch.float64, limit=4)
+    assert torch.equal(data.X, X[:4].double()) and data.num_classes == 3
+    assert seen == {"data_dir": "blob-folder", "download": False}
+
+
+def test_model_options_fit_the_images():
+    assert model_options("mlp", (1, 8, 8), data="digits") == {"in_features": 64}
+    assert model_options("cnn", (3, 32, 32), data="cifar100", dropout=0.1) == {
+        "in_channels": 3,
+        "image_size": 32,
+        "dropout": 0.1,
+    }
+    assert model_options("vgg16", (3, 32, 32), data="cifar100") == {}
+    with pytest.raises(TrainingError, match="^model cnn needs square images of even size, got 7x7"):
+        model_options("cnn", (1, 7, 7), data="x")
+    with pytest.raises(TrainingError, match="the digits data are 1x8x8; use mlp, cnn or cnn_bn"):
+        model_options("preresnet110", (1, 8, 8), data="digits")
 
 
 def _one_line_exit_2(argv, capsys):

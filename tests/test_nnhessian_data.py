@@ -16,7 +16,7 @@ from nnhessian.data import (
     draw_batch_indices,
     load_digits,
 )
-from tests.strategies import seeds
+from rmt.testing import seeds
 
 
 def _toy(N=23, d=3):

@@ -23,7 +23,7 @@ from nnhessian.lanczos import (
 )
 from nnhessian.models import build
 from nnhessian.operators import HessianOperator, MatrixOperator
-from tests.strategies import seeds
+from rmt.testing import seeds
 from tests.test_nnhessian_reference import dense_hessian, digits, single_thread  # noqa: F401
 from tests.tolerances import (
     EPS64,

@@ -35,7 +35,7 @@ from nnhessian.lanczos import lanczos, slq
 from nnhessian.models import build
 from nnhessian.operators import HessianOperator, MatrixOperator
 from nnhessian.sigma2 import sigma2_partition, sigma2_per_sample, sigma2_two_batch
-from tests.strategies import seeds
+from rmt.testing import seeds
 from tests.test_nnhessian_reference import digits, single_thread  # noqa: F401
 
 F64 = torch.float64

@@ -20,8 +20,15 @@ from rmt.band import (
     truncation_check,
     truncation_rows,
 )
+from rmt.testing import (
+    assert_matches_law,
+    assert_same_law,
+    assert_weyl,
+    band_cases,
+    noise_scales,
+    seeds,
+)
 from rmt.types import ExtremeSample
-from tests import strategies as S
 from tests.tolerances import (
     EPS64,
     KS_PVALUE,
@@ -98,12 +105,12 @@ def test_entry_laws_by_distance_large_P():
     s = math.sqrt(t / P)
     ab = band_matrix([5.0, -1.0, 0.0], t, P, rows=P, rng=11)
     normal = scipy.stats.norm
-    assert scipy.stats.kstest(ab[0, k:], normal(0, s * math.sqrt(2)).cdf).pvalue > KS_PVALUE
+    assert_matches_law(ab[0, k:], normal(0, s * math.sqrt(2)).cdf, alpha=KS_PVALUE)
     for d in range(1, k):
-        assert scipy.stats.kstest(ab[d, : P - d], normal(0, s).cdf).pvalue > KS_PVALUE
+        assert_matches_law(ab[d, : P - d], normal(0, s).cdf, alpha=KS_PVALUE)
     c = np.arange(P - k)
     pit = scipy.stats.chi2.cdf((ab[k, : P - k] / s) ** 2, df=P - c - k)
-    assert scipy.stats.kstest(pit, "uniform").pvalue > KS_PVALUE
+    assert_matches_law(pit, scipy.stats.uniform.cdf, alpha=KS_PVALUE)
 
 
 def test_entry_laws_small_P_every_position_and_both_chi_ends():
@@ -119,14 +126,15 @@ def test_entry_laws_small_P_every_position_and_both_chi_ends():
     alpha = KS_PVALUE / npos  # Bonferroni over all positions
     for c in range(P):
         x = draws[:, 0, c] - (spikes[c] if c < k else 0.0)
-        assert scipy.stats.kstest(x, scipy.stats.norm(0, s * math.sqrt(2)).cdf).pvalue > alpha
+        assert_matches_law(x, scipy.stats.norm(0, s * math.sqrt(2)).cdf, alpha=alpha)
     for d in range(1, k):
         for c in range(P - d):
-            assert scipy.stats.kstest(draws[:, d, c], scipy.stats.norm(0, s).cdf).pvalue > alpha
+            assert_matches_law(draws[:, d, c], scipy.stats.norm(0, s).cdf, alpha=alpha)
     for c in range(P - k):
         x = draws[:, k, c] / s
-        assert scipy.stats.kstest(x, scipy.stats.chi(P - c - k).cdf).pvalue > alpha
-        assert scipy.stats.kstest(x, scipy.stats.chi(P - c).cdf).pvalue < alpha  # must fail
+        assert_matches_law(x, scipy.stats.chi(P - c - k).cdf, alpha=alpha)
+        with pytest.raises(AssertionError, match="KS test rejects"):  # must fail
+            assert_matches_law(x, scipy.stats.chi(P - c).cdf, alpha=alpha)
     # zero beyond the band: storage has k + 1 rows, the block outside is zero
     assert np.all(draws[:, k, P - k :] == 0)
 
@@ -140,7 +148,7 @@ def test_chi_at_the_large_end():
     x = np.array([band_matrix(np.zeros(k), t, P, rows=k + 1, rng=rng)[k, 0] for _ in range(n)])
     q = (x / s) ** 2
     assert abs(q.mean() - (P - k)) <= Z_STAT * math.sqrt(2 * (P - k) / n)
-    assert scipy.stats.kstest(q, scipy.stats.chi2(P - k).cdf).pvalue > KS_PVALUE
+    assert_matches_law(q, scipy.stats.chi2(P - k).cdf, alpha=KS_PVALUE)
 
 
 def test_k1_is_dumitriu_edelman_and_k0_the_same_tridiagonal():
@@ -155,16 +163,12 @@ def test_k1_is_dumitriu_edelman_and_k0_the_same_tridiagonal():
 
 
 @given(
-    seed=S.seeds,
-    P=st.integers(6, 260),
-    spikes=S.spike_sets(max_rank=5),
-    t=S.noise_scales,
+    case=band_cases(dims=st.integers(6, 260)),
     n=st.integers(1, 4),
     solver=st.sampled_from(["krylov", "auto", "lapack"]),
 )
-def test_solver_matches_dense_eigh(seed, P, spikes, t, n, solver):
-    ab = band_matrix(spikes, t, P, rows=P, rng=seed)
-    _check_against_dense(ab, min(n, P), solver)
+def test_solver_matches_dense_eigh(case, n, solver):
+    _check_against_dense(case.band, min(n, case.P), solver)
 
 
 @pytest.mark.parametrize(
@@ -213,7 +217,7 @@ def test_zero_noise_is_exact():
     np.testing.assert_array_equal(s.bottom_overlaps[0], [0.0, 1.0, 0.0])
 
 
-@given(seed=S.seeds, P=st.integers(2, 120), k=st.integers(0, 5), t=S.noise_scales)
+@given(seed=seeds, P=st.integers(2, 120), k=st.integers(0, 5), t=noise_scales)
 def test_block_sturm_count_matches_dense(seed, P, k, t):
     k = min(k, P)
     ab = band_matrix(np.linspace(-3, 3, k), t, P, rows=P, rng=seed)
@@ -266,8 +270,8 @@ def test_noise_norm_is_the_same_draws_norm_and_weyl_holds(spikes):
     atol = 2 * eig_atol(_norm_inf(W) + max(map(abs, spikes)), L)
     assert abs(s.noise_norm - max(abs(w[0]), abs(w[-1]))) <= atol
     low = np.sort(np.concatenate([spikes, np.zeros(L - len(spikes))]))
-    assert np.all(np.abs(s.top - low[::-1][:2]) <= s.noise_norm + atol)
-    assert np.all(np.abs(s.bottom - low[:2]) <= s.noise_norm + atol)
+    assert_weyl(s.top, low[::-1][:2], s.noise_norm, atol=atol)
+    assert_weyl(s.bottom, low[:2], s.noise_norm, atol=atol)
 
 
 BAD_INPUTS = [
@@ -380,14 +384,6 @@ def _streams(seed, n):
     return np.random.SeedSequence(seed).spawn(n)
 
 
-def _ks_pvalues(a, b):
-    return {name: scipy.stats.ks_2samp(a[name], b[name]).pvalue for name in a}
-
-
-def _rejected(pvalues):
-    return min(pvalues.values()) < KS_PVALUE / len(pvalues)
-
-
 @pytest.fixture(scope="module")
 def dense_law():
     return {name: _dense_statistics(sp, n, seed=100) for name, (sp, n) in LAW_CONFIGS.items()}
@@ -397,8 +393,7 @@ def dense_law():
 def test_band_law_matches_dense_law(config, dense_law):
     spikes, n = LAW_CONFIGS[config]
     assert truncation_rows(LAW_P, len(spikes), n_extreme=2) < LAW_P  # the truncated model
-    pvalues = _ks_pvalues(dense_law[config], _band_statistics(spikes, n, seed=200))
-    assert not _rejected(pvalues), pvalues
+    assert_same_law(dense_law[config], _band_statistics(spikes, n, seed=200), alpha=KS_PVALUE)
 
 
 def _wrong_chi_df(k, t, P, rows, rng):
@@ -425,8 +420,8 @@ def test_law_test_rejects_a_wrong_band_model(mutant, dense_law, monkeypatch):
     """Same statistics, same sample sizes, same threshold: a wrong model is rejected."""
     monkeypatch.setattr(band, "_noise_band", mutant)
     spikes, n = LAW_CONFIGS["k3"]
-    pvalues = _ks_pvalues(dense_law["k3"], _band_statistics(spikes, n, seed=200))
-    assert _rejected(pvalues), pvalues
+    with pytest.raises(AssertionError, match="two-sample KS test rejects"):
+        assert_same_law(dense_law["k3"], _band_statistics(spikes, n, seed=200), alpha=KS_PVALUE)
 
 
 # ---- truncation -----------------------------------------------------------------------------
@@ -520,5 +515,4 @@ def test_band_law_matches_dense_law_at_P_600():
     P, spikes, n = 600, [1.5, -0.5, 0.0], 400
     assert truncation_rows(P, len(spikes), n_extreme=2) == 254 > band.DIRECT_ROWS
     dense = _dense_statistics(spikes, n, seed=300, P=P)
-    pvalues = _ks_pvalues(dense, _band_statistics(spikes, n, seed=400, P=P))
-    assert not _rejected(pvalues), pvalues
+    assert_same_law(dense, _band_statistics(spikes, n, seed=400, P=P), alpha=KS_PVALUE)

@@ -25,7 +25,7 @@ from rmt.freeconv import (
     free_convolution_outliers,
     free_convolution_support,
 )
-from tests import strategies as S
+from rmt.testing import kolmogorov_distance, noise_scales, seeds, spike_sets
 from tests.tolerances import (
     EPS64,
     FREECONV_EDGE_RTOL,
@@ -111,7 +111,7 @@ def measures(draw, max_atoms=6):
     t / scale^2 spans 0.008 to 5 on a log scale (gaps between most atoms at the low end, one
     interval at the high end); the generator jitters it so that no special value is hit.
     """
-    seed = draw(S.seeds)
+    seed = draw(seeds)
     n = draw(st.sampled_from([*range(2, max_atoms + 1), 1]))  # n = 1: the point-mass tests
     scale = draw(st.sampled_from([0.5, 1.0, 3.0]))
     ratio = draw(st.sampled_from([0.01, 0.03, 0.1, 0.3, 1.0, 4.0]))
@@ -138,7 +138,7 @@ def _exclude_near_critical_gaps(a, w, t):
 # ---- exact references -----------------------------------------------------------------------
 
 
-@given(t=S.noise_scales, centre=st.floats(-5, 5), seed=S.seeds)
+@given(t=noise_scales, centre=st.floats(-5, 5), seed=seeds)
 @example(t=1.0, centre=0.0, seed=0)  # root-finder starts exactly on the edge preimage
 @example(t=4.0, centre=0.0, seed=0)
 @example(t=0.25, centre=1.0, seed=0)
@@ -156,7 +156,7 @@ def test_point_mass_gives_the_semicircle(t, centre, seed):
     assert abs(right - (centre + 2 * r)) <= edge_tol
 
 
-@given(t=S.noise_scales, spikes=S.spike_sets(max_rank=6, bound=10.0))
+@given(t=noise_scales, spikes=spike_sets(max_rank=6, bound=10.0))
 @example(t=4.0, spikes=[2.0, -2.0, 0.0, 3.0])  # exactly at the threshold: absorbed
 def test_point_mass_outliers_are_bbp(t, spikes):
     theta = np.array(spikes)
@@ -474,13 +474,6 @@ def _predicted_cdf(a, w, t, m=4000):
     return cdf
 
 
-def _ks(sample, cdf):
-    s = np.sort(sample)
-    n = s.size
-    F = cdf(s)
-    return max(np.max(np.arange(1, n + 1) / n - F), np.max(F - np.arange(n) / n))
-
-
 def _normal_mixture_cdf(a, w, t):
     """Classical convolution with N(0, t): same mean and variance, different law."""
     from scipy.stats import norm
@@ -514,11 +507,11 @@ def test_dense_goe_spectrum_matches_the_free_convolution():
         eigs.append(ev)
     eigs = np.concatenate(eigs)
     tol = FREECONV_KS_RIGIDITY * np.log(P) / P
-    assert _ks(eigs, _predicted_cdf(a, w, t)) <= tol
+    assert kolmogorov_distance(eigs, _predicted_cdf(a, w, t)) <= tol
     # power: the same eigenvalues reject a 10% error in t and the classical convolution
-    assert _ks(eigs, _predicted_cdf(a, w, 1.1 * t)) > tol
-    assert _ks(eigs, _predicted_cdf(a, w, 0.9 * t)) > tol
-    assert _ks(eigs, _normal_mixture_cdf(a, w, t)) > 5 * tol
+    assert kolmogorov_distance(eigs, _predicted_cdf(a, w, 1.1 * t)) > tol
+    assert kolmogorov_distance(eigs, _predicted_cdf(a, w, 0.9 * t)) > tol
+    assert kolmogorov_distance(eigs, _normal_mixture_cdf(a, w, t)) > 5 * tol
 
 
 def test_dense_outlier_location_and_overlap():

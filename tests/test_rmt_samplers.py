@@ -8,7 +8,14 @@ from hypothesis import strategies as st
 
 from rmt.bounds import low_rank_extremes, weyl_check
 from rmt.samplers import dense_extremes, haar_frame, sample_goe, sample_low_rank, sample_spiked
-from tests import strategies as S
+from rmt.testing import (
+    assert_matches_law,
+    assert_rank_one_interlacing,
+    assert_weyl,
+    seeds,
+    spike_sets,
+    spiked_goe_cases,
+)
 from tests.tolerances import KS_PVALUE, Z_STAT, eig_atol
 
 
@@ -44,12 +51,12 @@ def test_haar_frame_is_orthonormal_and_uniform():
     # uniform, and a fixed frame fails at once.
     rng = np.random.default_rng(1)
     first = np.array([haar_frame(P, 1, rng=rng)[0, 0] for _ in range(2_000)])
-    assert scipy.stats.kstest(first**2, scipy.stats.beta(0.5, (P - 1) / 2).cdf).pvalue > KS_PVALUE
+    assert_matches_law(first**2, scipy.stats.beta(0.5, (P - 1) / 2).cdf, alpha=KS_PVALUE)
     # signs are symmetric: mean of u_1 within Z se of 0 (se = sqrt(1/P / n))
     assert abs(first.mean()) <= Z_STAT * np.sqrt(1 / P / first.size)
 
 
-@given(seed=S.seeds, P=st.integers(5, 60), spikes=S.spike_sets(max_rank=4))
+@given(seed=seeds, P=st.integers(5, 60), spikes=spike_sets(max_rank=4))
 def test_low_rank_has_exactly_the_prescribed_eigenvalues(seed, P, spikes):
     A, U = sample_low_rank(spikes, P, rng=seed)
     expected = np.sort(np.concatenate([spikes, np.zeros(P - len(spikes))]))
@@ -58,27 +65,25 @@ def test_low_rank_has_exactly_the_prescribed_eigenvalues(seed, P, spikes):
     np.testing.assert_allclose(A @ U, U * np.asarray(spikes), atol=eig_atol(scale, P))
 
 
-@given(seed=S.seeds, P=st.integers(5, 60), spikes=S.spike_sets(), t=S.noise_scales)
-def test_weyl_inequalities_hold_on_every_draw(seed, P, spikes, t):
-    M, U, W = sample_spiked(spikes, t, P, rng=seed)
-    A = M - W
-    lam_m, lam_a = np.linalg.eigvalsh(M), np.linalg.eigvalsh(A)
-    norm = np.abs(np.linalg.eigvalsh(W)).max()
-    tol = 2 * eig_atol(np.abs(lam_m).max() + norm, P)
-    assert np.all(np.abs(lam_m - lam_a) <= norm + tol)
+@given(case=spiked_goe_cases(dims=st.integers(5, 60)))
+def test_weyl_inequalities_hold_on_every_draw(case):
+    lam_m, lam_a = case.eigenvalues, np.linalg.eigvalsh(case.low_rank)
+    norm = case.noise_norm
+    tol = 2 * eig_atol(np.abs(lam_m).max() + norm, case.P)
+    assert_weyl(lam_m, lam_a, norm, atol=tol)
 
 
-@given(seed=S.seeds, P=st.integers(3, 60), theta=st.floats(0.01, 10.0), t=S.noise_scales)
-def test_rank_one_interlacing(seed, P, theta, t):
-    """Adding theta u u^T (theta > 0) moves each eigenvalue up by at most one slot (Weyl)."""
-    rng = np.random.default_rng(seed)
-    W = sample_goe(P, t=t, rng=rng)
-    u = haar_frame(P, 1, rng=rng)
-    lo = np.linalg.eigvalsh(W)
-    hi = np.linalg.eigvalsh(W + theta * (u @ u.T))
-    tol = 2 * eig_atol(np.abs(hi).max() + theta, P)
-    assert np.all(hi >= lo - tol)
-    assert np.all(hi[:-1] <= lo[1:] + tol)
+RANK_ONE = st.one_of(st.floats(0.01, 10.0), st.floats(-10.0, -0.01)).map(lambda x: [x])
+
+
+@given(case=spiked_goe_cases(dims=st.integers(3, 60), spikes=RANK_ONE))
+def test_rank_one_interlacing(case):
+    """Adding theta u u^T moves each eigenvalue by at most one slot, up for theta > 0 and down
+    for theta < 0 (Weyl)."""
+    theta = float(case.spikes[0])
+    lo, hi = np.linalg.eigvalsh(case.noise), case.eigenvalues
+    tol = 2 * eig_atol(np.abs(hi).max() + abs(theta), case.P)
+    assert_rank_one_interlacing(lo, hi, sign=1 if theta > 0 else -1, atol=tol)
 
 
 def test_dense_extremes_match_the_full_eigendecomposition():

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rmt import theory
-from tests import strategies as S
+from rmt.testing import noise_scales, populations
 from tests.tolerances import THEORY_RTOL
 
 
@@ -47,7 +47,7 @@ def test_theorem2_exact_factor_is_larger_by_n_over_n_minus_1():
     np.testing.assert_allclose(exact.t / paper.t, N / (N - 1), rtol=THEORY_RTOL)
 
 
-@given(lam=st.floats(-1e3, 1e3), t=S.noise_scales, pop=S.populations)
+@given(lam=st.floats(-1e3, 1e3), t=noise_scales, pop=populations)
 def test_theorem2_sign_symmetry(lam, t, pop):
     N, B = pop
     if B == N:
@@ -61,7 +61,7 @@ def test_theorem2_sign_symmetry(lam, t, pop):
         assert minus.regime == plus.regime
 
 
-@given(t=S.noise_scales, side=st.sampled_from([-1.0, 1.0]))
+@given(t=noise_scales, side=st.sampled_from([-1.0, 1.0]))
 def test_theorem2_continuous_at_threshold_and_never_inside_edge(t, side):
     P, N, B = 10_000, 1_000, 100
     sigma2 = sigma2_for(t, P, N, B)

@@ -219,3 +219,41 @@ def network_eig_atol(norm: float, P: int) -> float:
 # (eigenvectors of T_m, computed by LAPACK to O(m eps) orthogonality): they sum to 1 within
 # m eps; m <= 200 here: 1e3 eps.
 NETWORK_WEIGHT_SUM_ATOL = 1e3 * EPS64
+
+# ---- validation.checks.verdict (tests/test_checks_verdict.py) ---------------------------------
+
+# Ends of the spread rule's chi-square(2) interval against the closed form -2 log(1 - alpha/2),
+# -2 log(alpha/2) with alpha = erfc(z / sqrt 2): both sides compute alpha to a few eps relative
+# and the chi-square(2) quantiles have relative condition number <= 1 in alpha there, so they agree
+# to O(10 eps); 100 eps (observed 17.5 eps at z = 4). A one-sided tail moves the ends by >= 7%.
+CHI2_QUANTILE_RTOL = 100 * EPS64
+
+# ---- rmt.spectra / rmt.testing (tests/test_rmt_spectra.py, tests/test_rmt_testing.py) --------
+# One spectral quantity computed two ways (closed form, scipy, the old copy of a formula): each
+# side sums <= 10^3 rounded terms, error <= n eps = 2.2e-13 relative (Higham 2002, eq. 4.4);
+# 1e-12 covers both, while a wrong piece (a missed sign change, unnormalised weights, a lost
+# node) moves the result by >= 1e-3 relative.
+SPECTRA_SUM_RTOL = 1e-12
+
+
+def quadrature_moment_atol(k: int, m: int, radius: float) -> float:
+    """|sum_j w_j x_j^k - exact moment| for an m-node rule with nodes |x_j| <= radius, float64.
+
+    Each node and weight carries a few eps relative (cos/sin), x^k k eps more, the m-term sum
+    m eps of sum_j w_j |x_j|^k <= radius^k: (k + m + 2) eps radius^k, times 4 for margin. The
+    first moment a Gauss rule misses (k = 2m) is off by prod beta_j^2 (= t^m, the semicircle's).
+    """
+    return 4.0 * (k + m + 2) * EPS64 * radius**k
+
+
+# ---- nnhessian.reference (tests/test_nnhessian_reference.py) ---------------------------------
+# Dense reference vs the closed-form softmax-regression Hessian (diag p - p p^T) kron x x^T,
+# float64, norm-wise: each entry of either side is a sum of <= N = 9 products of a softmax
+# (exp, sum, division: a few eps) and two features, plus the Jacobian's own rounding, a few
+# hundred flops per entry at most: 100 eps. A wrong flattening, weight or loss term is O(1).
+DENSE_CLOSED_FORM_RTOL64 = 100 * EPS64
+# The same dense Hessian summed over other chunks of samples (weights n_chunk / n): each entry
+# is the same n rounded terms reassociated, <= (n - 1) eps sum_i |H_i| (Higham 2002, eq. 4.4);
+# with cancellation across samples up to 10x and n = 23: ~ 220 eps relative, 1e3 eps allowed,
+# while equal chunk weights instead of n_chunk / n move it by O(1/n) = 4%.
+DENSE_REORDER_RTOL64 = 1e3 * EPS64

@@ -8,7 +8,8 @@ The measurement side of the paper (sections 3-4), on a real network at fixed wei
    with ``--download``); ``--samples n`` keeps the first n samples (N = n; for CIFAR-100 only those
    images are read into memory). The class count comes from the data (10 / 100);
 2. weights: a checkpoint written by ``python -m validation train`` (read by
-   :func:`validation.train.load_checkpoint`: architecture, options and epoch from the file), a
+   :func:`nnhessian.train_checkpoint.load_checkpoint`: architecture, options and epoch from the
+   file), a
    plain ``torch.save`` file (a state_dict, or a dict holding one under ``state_dict`` /
    ``model_state_dict`` / ``model``, with an optional ``epoch``) for a model built from
    ``--model`` / ``--width``, or a short deterministic SGD run from a seeded initialisation
@@ -106,26 +107,32 @@ The flow, one module each: :mod:`~validation.network.config` (what to measure) -
 (operators, sigma^2, spectra, exact check: the raw :mod:`~validation.network.result`) ->
 :mod:`validation.checks.network` (theory and verdicts, pure) -> :mod:`~validation.network.write`
 (result folder) ; :mod:`~validation.network.epochs` (sweeps over training checkpoints) and
-:mod:`~validation.network.command` (the command line, torchrun).
+:mod:`~validation.network.commandline` (the command line, torchrun).
 
 The top level imports neither torch nor matplotlib (``python -m validation --help`` stays fast).
 """
 
-from validation.network.api import Comparison, compare_spectra
-from validation.network.command import add_parser, command, config_from_args
-from validation.network.config import NetworkConfig
-from validation.network.result import NetworkResult, Spectrum
-from validation.network.stages import measure, run_network
+# Public names, imported on first use (PEP 562): the checks import the raw result types of this
+# package (validation.network.result), and the API imports the checks, so importing every
+# submodule here would close a loop; it also keeps ``--help`` free of torch.
+_EXPORTS = {
+    "Comparison": "validation.network.api",
+    "compare_spectra": "validation.network.api",
+    "add_parser": "validation.network.commandline",
+    "command": "validation.network.commandline",
+    "config_from_args": "validation.network.commandline",
+    "NetworkConfig": "validation.network.config",
+    "NetworkResult": "validation.network.result",
+    "Spectrum": "validation.network.result",
+    "measure": "validation.network.stages",
+    "run_network": "validation.network.stages",
+}
+__all__ = sorted(_EXPORTS)
 
-__all__ = [
-    "Comparison",
-    "NetworkConfig",
-    "NetworkResult",
-    "Spectrum",
-    "add_parser",
-    "command",
-    "compare_spectra",
-    "config_from_args",
-    "measure",
-    "run_network",
-]
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'validation.network' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

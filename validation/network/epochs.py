@@ -68,7 +68,7 @@ def select_checkpoints(folder, epochs, model: str) -> dict[int, Path]:
     count. A ``UsageError`` (one line) otherwise, or when the folder holds no checkpoints or
     lacks an epoch asked for.
     """
-    from validation.train import list_checkpoints
+    from nnhessian.train_checkpoint import list_checkpoints
 
     folder = Path(folder)
     if not folder.is_dir():

@@ -156,7 +156,7 @@ def peek_training_checkpoint(path) -> dict | None:
     read then says why)."""
     import torch
 
-    from validation.train import CHECKPOINT_FORMAT
+    from nnhessian.train_checkpoint import CHECKPOINT_FORMAT
 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -168,16 +168,19 @@ def peek_training_checkpoint(path) -> dict | None:
 
 
 def _training_checkpoint(config: NetworkConfig, data):
-    from validation import train
+    from nnhessian.train_checkpoint import CheckpointError, load_checkpoint
 
     if config.width is not None:
         raise UsageError(
             f"--width does not apply to checkpoint {config.checkpoint}: a training "
             "checkpoint fixes the architecture; leave --width out"
         )
-    model, epoch, meta = train.load_checkpoint(
-        config.checkpoint, config.model, data.num_classes, device="cpu"
-    )
+    try:
+        model, epoch, meta = load_checkpoint(
+            config.checkpoint, config.model, data.num_classes, device="cpu"
+        )
+    except CheckpointError as err:
+        raise UsageError(flat(err)) from None
     source = {
         "kind": "training checkpoint",
         "path": str(config.checkpoint),
@@ -193,8 +196,8 @@ def load_weights(config: NetworkConfig, data):
     """The model of ``config`` at its weights: ``(model, epoch, weights)`` on the CPU.
 
     * a training checkpoint (``python -m validation train``): architecture, constructor options
-      and epoch from the file via :func:`validation.train.load_checkpoint`, which refuses another
-      architecture than ``--model`` and another class count than the data's (one line);
+      and epoch from the file via :func:`nnhessian.train_checkpoint.load_checkpoint`, which
+      refuses another architecture than ``--model`` and another class count than the data's (one line);
     * any other ``torch.save`` file: a state_dict for the model built from ``--model`` /
       ``--width`` (:func:`nnhessian.weights.load_state_dict_file`);
     * no checkpoint: the seeded initialisation (trained later by :func:`weights_on_the_spot`).

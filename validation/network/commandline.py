@@ -143,7 +143,7 @@ def _default_model(args) -> str:
     source = getattr(args, "checkpoint", None)
     folder = getattr(args, "checkpoints", None)
     if source is None and folder is not None:
-        from validation.train import list_checkpoints
+        from nnhessian.train_checkpoint import list_checkpoints
 
         saved = list_checkpoints(folder) if Path(folder).is_dir() else {}
         source = next(iter(saved.values()), None)
