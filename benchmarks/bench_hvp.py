@@ -57,10 +57,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nnhessian.data import load_digits  # noqa: E402
+from nnhessian.hvp import AUTO_ORDER  # noqa: E402
 from nnhessian.lanczos import lanczos  # noqa: E402
 from nnhessian.models import build, num_parameters  # noqa: E402
 from nnhessian.operators import (  # noqa: E402
-    AUTO_ORDER,
     DEFAULT_GRAPH_CACHE_BYTES,
     HessianOperator,
     resolve_device,

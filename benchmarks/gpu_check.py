@@ -51,9 +51,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nnhessian.checkpoint import atomic_write_bytes  # noqa: E402
 from nnhessian.data import InMemoryDataset  # noqa: E402
+from nnhessian.hvp import AUTO_ORDER  # noqa: E402
 from nnhessian.lanczos import lanczos  # noqa: E402
 from nnhessian.operators import (  # noqa: E402
-    AUTO_ORDER,
     DEFAULT_GRAPH_CACHE_BYTES,
     HessianOperator,
     resolve_device,

@@ -147,7 +147,7 @@ def operator_fingerprint(op) -> dict[str, Any]:
     size (the products then differ by round-off, so bit-identity holds only on the same layout).
     """
     fp: dict[str, Any] = {"dim": int(op.dim), "dtype": str(op.dtype)}
-    engine = getattr(op, "_engine", None)
+    engine = getattr(op, "engine", None)
     if engine is not None and hasattr(engine, "params"):
         h = hashlib.sha256()
         for name in engine.names:

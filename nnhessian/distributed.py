@@ -33,7 +33,8 @@ import torch
 import torch.distributed as dist
 
 from nnhessian.data import BatchSource, InMemoryDataset, PassResult
-from nnhessian.operators import HessianOperator, has_batchnorm, resolve_device
+from nnhessian.hvp import has_batchnorm
+from nnhessian.operators import HessianOperator, resolve_device
 
 __all__ = [
     "DistContext",
@@ -244,7 +245,7 @@ class Sharding:
 class ShardedBatchSource(BatchSource):
     """A :class:`~nnhessian.data.BatchSource` over this rank's batches, reduced over the group.
 
-    ``num_samples`` is the global N; :func:`nnhessian.operators.reduce_pass` calls
+    ``num_samples`` is the global N; :func:`nnhessian.hvp.reduce_pass` calls
     ``sharding.reduce_pass`` after each pass over it.
     """
 
@@ -322,7 +323,7 @@ def sharded_full_operator(
         batch_size=batch_size,
     )
     return HessianOperator(
-        base._engine,
+        base.engine,
         [(1.0, source)],
         kind="full",
         progress=base.progress,

@@ -4,91 +4,54 @@ Notation as in ``DESIGN.md`` (paper, section 2): per-sample losses ``l_i(w)``, p
 ``H_i = nabla^2 l_i``, the empirical Hessian ``H_emp = (1/N) sum_i H_i`` (paper eq. 2), a fixed
 batch ``H_B = (1/B) sum_{i in batch} H_i`` (eq. 3) and the noise ``N_B = H_B - H_emp``.
 
-Hessian-vector products use Pearlmutter's trick (Pearlmutter 1994): ``H v`` is the directional
-derivative of the gradient, at the cost of a few gradient evaluations and never forming H. Two
-implementations, identical in exact arithmetic:
-
-* ``"forward-over-reverse"``: ``torch.func.jvp(torch.func.grad(loss), (w,), (v,))``, forward-mode
-  differentiation of the reverse-mode gradient;
-* ``"double-backward"``: ``g = autograd.grad(loss, w, create_graph=True)``, then
-  ``autograd.grad(<g, v>, w)``, reverse over reverse.
-
-``method="auto"`` tries :data:`AUTO_ORDER` in turn and keeps the first that runs on the first
-product (``HessianOperator.method`` tells which ran and ``fallback_reason`` why the other did not).
-Double-backward comes first: on CPU it measured as fast as or faster (1.0-2.4x) than torch.func's
-forward-over-reverse for every small model and batch size (``benchmarks/bench_hvp.py``); it does
-not go through forward-mode BatchNorm derivatives, which have open correctness bugs upstream
-(pytorch/pytorch#196699; torch.func.hessian of BatchNorm on batch statistics is wrong in torch
-2.14, see tests). Forward-over-reverse is the fallback for modules whose backward is not twice
-differentiable, and can be chosen explicitly (e.g. to benchmark it on a GPU).
+Each product is a sum of Pearlmutter Hessian-vector products over batches, computed by the HVP
+engine of :mod:`nnhessian.hvp` (the two implementations, ``method="auto"``, the graph cache and
+the BatchNorm/dropout policies are described there). Operators built from one another
+(:meth:`HessianOperator.batch_operator`, :meth:`~HessianOperator.noise_operator`,
+:meth:`~HessianOperator.per_sample`) share one engine: one weight snapshot, one graph cache.
 
 Data-set averages: every batch loss is a mean over its samples, so the full-data operator sums
 ``n_b * H_b v`` over batches and divides by ``N = sum_b n_b`` -- exact for an uneven last batch.
 
-Graph cache (double-backward only): a product ``H_b v`` is a reverse pass through the graph of the
-batch gradient ``g_b(w)``, and that graph does not depend on ``v``. Lanczos applies the same
-operator m times at the same weights, so each batch's graph (forward activations and the first
-backward's saved tensors) can be built once and reused: later products cost one reverse pass,
-``autograd.grad(g_b, w, grad_outputs=v, retain_graph=True)``, instead of forward + backward +
-reverse (``benchmarks/bench_hvp.py`` on CPU, float32: HVP/gradient from 2.6-2.9x to 1.4-2.0x for
-the small CNNs; about 2x is the floor for convolutions, whose cached reverse pass needs 5-6
-convolution-sized products per layer against the gradient's 3). The products are bit-identical
-with and without the cache: both run the same reverse pass on the same graph. Graphs are kept
-batch by batch, in pass order, while their saved tensors fit in ``graph_cache_bytes``
-(:data:`DEFAULT_GRAPH_CACHE_BYTES`; 0 disables), shared by all operators built from one another;
-the rest are rebuilt on every product. The size of a graph
-is the sum of the distinct storages autograd saved for it plus its gradient, measured with
-``torch.autograd.graph.saved_tensors_hooks`` (weights, buffers and input data excluded: they are
-held anyway). A graph is freed with the batch source it belongs to (e.g. a batch operator going
-out of scope) or by :meth:`HessianOperator.clear_graph_cache`. Every data pass still iterates
-over the data, so the fingerprint check below also covers cached passes; the determinism check
-never uses the cache (a cached graph would repeat a dropout mask instead of exposing it).
-
 The operator is the Hessian at the weights the model had when the operator was built: parameters
 and buffers are copied once (cast to ``dtype``, moved to ``device``) and passed to the model with
-``torch.func.functional_call``; the model's own tensors are never written. BatchNorm/dropout
-policy (the model's train/eval flags are restored after every pass):
-
-* ``"eval"`` (default): every module in eval mode -- BatchNorm normalises with its running
-  statistics, dropout is off. The loss is then a sum of per-sample terms, so ``H_emp`` is the mean
-  of the ``H_i`` and per-sample Hessians are defined.
-* ``"batch-stats"``: BatchNorm normalises with the statistics of the batch being evaluated
-  (``training=True`` with ``track_running_stats=False`` while the pass runs, so running buffers and
-  ``num_batches_tracked`` are not updated); dropout off. The loss of a batch is then not a sum of
-  per-sample terms: the full-data operator is the sample-weighted mean of the batch Hessians of its
-  batching, and per-sample Hessians are undefined (refused).
+``torch.func.functional_call``; the model's own tensors are never written. Policies ("eval"
+default, "batch-stats"; :func:`nnhessian.hvp.policy_mode`) put the model in their mode for each
+pass and restore its train/eval flags after.
 
 A determinism check (:meth:`HessianOperator.check_determinism`, run at construction unless
 ``verify=False``) applies the operator twice to the same vector and raises
 :class:`~nnhessian.data.DeterminismError` when the results differ (a model left stochastic); every
 data pass also compares a fingerprint of its batches with the first pass (shuffled or augmented
-loaders fail on the second pass).
+loaders fail on the second pass). Every data pass iterates over the data even when the graph
+cache serves its products, so the fingerprint check covers cached passes too; the determinism
+check never uses the cache (a cached graph would repeat a dropout mask instead of exposing it).
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import itertools
-import logging
-import warnings
-import weakref
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
-from nnhessian.data import BatchSource, DeterminismError, InMemoryDataset, PassResult, data_pass
+from nnhessian.data import BatchSource, DeterminismError, InMemoryDataset
+from nnhessian.hvp import (
+    DEFAULT_GRAPH_CACHE_BYTES,
+    METHODS,
+    POLICIES,
+    GraphCacheInfo,
+    HVPEngine,
+    has_batchnorm,
+)
+from nnhessian.reference import PerSampleHessians
 
 __all__ = [
     "GraphCacheInfo",
     "HessianOperator",
     "MatrixOperator",
-    "PerSampleHessians",
     "as_linear_operator",
     "resolve_device",
     "resolve_dtype",
@@ -97,14 +60,6 @@ __all__ = [
     "DEFAULT_GRAPH_CACHE_BYTES",
 ]
 
-log = logging.getLogger(__name__)
-
-POLICIES = ("eval", "batch-stats")
-METHODS = ("auto", "forward-over-reverse", "double-backward")
-# Order tried by method="auto": the faster first on CPU (benchmarks/bench_hvp.py).
-AUTO_ORDER = ("double-backward", "forward-over-reverse")
-# Memory budget for gradient graphs kept across HVPs ("Graph cache" in the module docstring).
-DEFAULT_GRAPH_CACHE_BYTES = 2 * 2**30
 _DTYPES = {
     "float32": torch.float32,
     "float64": torch.float64,
@@ -114,7 +69,7 @@ _DTYPES = {
 
 
 # ---------------------------------------------------------------------------------------------
-# devices, dtypes, policy
+# devices and dtypes
 # ---------------------------------------------------------------------------------------------
 
 
@@ -159,63 +114,11 @@ def resolve_dtype(dtype) -> torch.dtype:
         ) from None
 
 
-def _check_choice(value, allowed, what):
-    if value not in allowed:
-        raise ValueError(f"unknown {what} {value!r}; accepted: {', '.join(allowed)}")
-
-
-def has_batchnorm(model: nn.Module) -> bool:
-    return any(isinstance(m, _BatchNorm) for m in model.modules())
-
-
-@contextlib.contextmanager
-def _policy_mode(model: nn.Module, policy: str):
-    """Put ``model`` in the policy's mode for one pass; restore every module's flags after.
-
-    Flags are saved and restored per module (``model.train(flag)`` would overwrite a mixed
-    train/eval state). BatchNorm's ``track_running_stats`` is toggled only under "batch-stats".
-    """
-    saved = [(m, m.training) for m in model.modules()]
-    saved_bn = []
-    try:
-        for m in model.modules():
-            m.training = False
-        if policy == "batch-stats":
-            for m in model.modules():
-                if isinstance(m, _BatchNorm):
-                    saved_bn.append((m, m.track_running_stats))
-                    m.training = True
-                    m.track_running_stats = False
-        yield
-    finally:
-        for m, flag in saved_bn:
-            m.track_running_stats = flag
-        for m, flag in saved:
-            m.training = flag
-
-
-def _resolve_loss(loss) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    if loss == "cross_entropy":
-        return F.cross_entropy
-    if callable(loss):
-        return loss
-    raise ValueError(
-        f"unknown loss {loss!r}; accepted: 'cross_entropy' or a callable (outputs, targets) -> "
-        "mean loss over the batch"
+def _new_engine(model, loss, policy, dtype, device, method, graph_cache_bytes) -> HVPEngine:
+    """A new weight snapshot of ``model``, with ``dtype`` and ``device`` checked first."""
+    return HVPEngine(
+        model, loss, policy, resolve_dtype(dtype), resolve_device(device), method, graph_cache_bytes
     )
-
-
-@functools.cache
-def load_forward_ad() -> None:
-    """Load torch's forward-AD decompositions once, hiding their deprecation warning.
-
-    The first forward-mode product imports ``torch._decomp.decompositions_for_jvp``, which calls
-    the deprecated ``torch.jit.script`` (a ``FutureWarning`` from torch itself, nothing we can
-    act on). The test suite turns warnings into errors; this is its one documented exception.
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
-        torch.func.jvp(torch.sin, (torch.zeros(1),), (torch.ones(1),))
 
 
 def _fixed_vector(dim: int, dtype, device) -> torch.Tensor:
@@ -223,323 +126,6 @@ def _fixed_vector(dim: int, dtype, device) -> torch.Tensor:
     k = torch.arange(dim, dtype=torch.float64)
     v = torch.cos(0.7071 * k + 0.3) + 0.05 * torch.sin(0.0137 * k * k)
     return (v / torch.linalg.vector_norm(v)).to(device=device, dtype=dtype)
-
-
-def reduce_pass(source: BatchSource, res: PassResult) -> PassResult:
-    """Hook for sharded sources (:mod:`nnhessian.distributed`): all-reduce a pass's sums.
-
-    A source with a ``sharding`` attribute holds only this process's batches; its
-    ``reduce_pass`` sums ``res.sums`` and the counts over the process group. Others pass through.
-    """
-    sharding = getattr(source, "sharding", None)
-    return res if sharding is None else sharding.reduce_pass(res)
-
-
-# ---------------------------------------------------------------------------------------------
-# gradient graphs kept across HVPs
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Graph:
-    """The graph of one batch gradient ``g_b(w)``, ready for reverse passes ``J_g^T v = H_b v``."""
-
-    leaves: list[torch.Tensor]  # the weights, as autograd leaves
-    grads: list[torch.Tensor]  # g_b per parameter; those with requires_grad carry the graph
-    loss: torch.Tensor  # the batch-mean loss, detached
-    nbytes: int  # saved tensors + gradient (0 when not measured)
-
-
-class _SavedBytes(torch.autograd.graph.saved_tensors_hooks):
-    """Counts the distinct storages autograd saves while active, minus ``exclude``'s storages."""
-
-    def __init__(self, exclude: Iterable[torch.Tensor]) -> None:
-        self.seen = {_storage_key(t) for t in exclude}
-        self.nbytes = 0
-        super().__init__(self._pack, lambda t: t)
-
-    def add(self, t: torch.Tensor) -> None:
-        key = _storage_key(t)
-        if key not in self.seen:
-            self.seen.add(key)
-            self.nbytes += t.untyped_storage().nbytes()
-
-    def _pack(self, t: torch.Tensor) -> torch.Tensor:
-        self.add(t)
-        return t
-
-
-def _storage_key(t: torch.Tensor) -> tuple:
-    return (t.device, t.untyped_storage().data_ptr())
-
-
-@dataclass(frozen=True)
-class GraphCacheInfo:
-    """State of an operator's graph cache (shared by operators built from one another)."""
-
-    budget_bytes: int
-    used_bytes: int
-    graphs: int  # graphs held now
-    hits: int  # batch products served from a kept graph
-    misses: int  # batch products that built their graph (the determinism check not counted)
-
-
-class _GraphCache:
-    """Batch gradient graphs keyed by (batch source, batch position), within a byte budget.
-
-    Keys hold the source weakly: a source's graphs go when the source does (and with them their
-    share of the budget, since ``used_bytes`` is summed over live sources).
-    """
-
-    def __init__(self, budget_bytes) -> None:
-        if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, int) or budget_bytes < 0:
-            raise ValueError(
-                f"graph_cache_bytes must be an integer >= 0 (0 disables the cache), got "
-                f"{budget_bytes!r}"
-            )
-        self.budget = budget_bytes
-        self._by_source: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-        self.hits = 0
-        self.misses = 0
-
-    @property
-    def used(self) -> int:
-        return sum(g.nbytes for graphs in self._by_source.values() for g in graphs.values())
-
-    def get(self, source, index: int) -> _Graph | None:
-        graph = self._by_source.get(source, {}).get(index)
-        if graph is None:
-            self.misses += 1
-        else:
-            self.hits += 1
-        return graph
-
-    def has_room(self) -> bool:
-        return self.used < self.budget
-
-    def offer(self, source, index: int, graph: _Graph) -> bool:
-        """Keep ``graph`` if it fits in what is left of the budget; say whether it was kept."""
-        if self.used + graph.nbytes > self.budget:
-            return False
-        self._by_source.setdefault(source, {})[index] = graph
-        return True
-
-    def clear(self) -> None:
-        self._by_source = weakref.WeakKeyDictionary()
-
-    def info(self) -> GraphCacheInfo:
-        graphs = sum(len(g) for g in self._by_source.values())
-        return GraphCacheInfo(self.budget, self.used, graphs, self.hits, self.misses)
-
-
-# ---------------------------------------------------------------------------------------------
-# the HVP engine: model + a snapshot of its weights + loss + policy + method
-# ---------------------------------------------------------------------------------------------
-
-
-class _Engine:
-    """Everything an HVP needs except the data; shared by operators built from one another."""
-
-    def __init__(self, model, loss, policy, dtype, device, method, graph_cache_bytes) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        _check_choice(policy, POLICIES, "BatchNorm/dropout policy")
-        _check_choice(method, METHODS, "HVP method")
-        self.graph_cache = _GraphCache(graph_cache_bytes)  # used by double-backward only
-        self.model = model
-        self.loss_fn = _resolve_loss(loss)
-        self.policy = policy
-        self.dtype = resolve_dtype(dtype)
-        self.device = resolve_device(device)
-        self.params: dict[str, torch.Tensor] = {}
-        self.consts: dict[str, torch.Tensor] = {}
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                t = p.detach().to(device=self.device, dtype=self.dtype, copy=True)
-                (self.params if p.requires_grad else self.consts)[name] = t
-            for name, b in model.named_buffers():
-                cast = self.dtype if b.is_floating_point() else None
-                self.consts[name] = b.detach().to(device=self.device, dtype=cast, copy=True)
-        if not self.params:
-            raise ValueError("the model has no trainable parameters (P = 0)")
-        for name, t in {**self.params, **self.consts}.items():
-            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                kind = "parameter" if name in self.params else "buffer"
-                raise ValueError(
-                    f"model {kind} {name!r} contains NaN or inf; the Hessian is undefined there"
-                )
-        self.names = list(self.params)
-        self.shapes = [self.params[k].shape for k in self.names]
-        self.numels = [self.params[k].numel() for k in self.names]
-        self.dim = int(sum(self.numels))
-        self.requested_method = method
-        self.method: str | None = None if method == "auto" else method
-        self.fallback_reason: str | None = None
-        self.per_sample_mode: str | None = None  # "vmap" or "loop" once resolved
-        self.per_sample_fallback_reason: str | None = None
-
-    # -- flat <-> dict ----------------------------------------------------------------------
-    def unflatten(self, v: torch.Tensor) -> dict[str, torch.Tensor]:
-        parts = torch.split(v, self.numels)
-        return {k: t.view(s) for k, t, s in zip(self.names, parts, self.shapes, strict=True)}
-
-    def flatten(self, d: dict[str, torch.Tensor] | Sequence[torch.Tensor], lead=()) -> torch.Tensor:
-        seq = [d[k] for k in self.names] if isinstance(d, dict) else list(d)
-        return torch.cat([t.reshape(*lead, -1) for t in seq], dim=len(lead))
-
-    def flat_params(self) -> torch.Tensor:
-        return self.flatten(self.params)
-
-    # -- loss -------------------------------------------------------------------------------
-    def loss(self, params, X, y) -> torch.Tensor:
-        out = torch.func.functional_call(self.model, (params, self.consts), (X,))
-        return self.loss_fn(out, y)
-
-    def _loss_aux(self, params, X, y):
-        value = self.loss(params, X, y)
-        return value, value.detach()
-
-    # -- HVP implementations ----------------------------------------------------------------
-    def _hvp_for(self, X, y, v):
-        load_forward_ad()
-        grad_fn = torch.func.grad(self._loss_aux, has_aux=True)
-        _, hv, loss = torch.func.jvp(lambda p: grad_fn(p, X, y), (self.params,), (v,), has_aux=True)
-        return self.flatten(hv), loss
-
-    def _grad_graph(self, X, y, *, measure: bool) -> _Graph:
-        """Build the graph of the batch gradient; ``measure`` counts its saved bytes."""
-        leaves = [self.params[k].detach().requires_grad_(True) for k in self.names]
-        p = dict(zip(self.names, leaves, strict=True))
-        meter = _SavedBytes([*leaves, *self.consts.values(), X, y]) if measure else None
-        with torch.enable_grad(), meter if meter is not None else contextlib.nullcontext():
-            loss = self.loss(p, X, y)
-            grads = torch.autograd.grad(
-                loss, leaves, create_graph=True, allow_unused=True, materialize_grads=True
-            )
-        if meter is not None:
-            for g in grads:
-                meter.add(g)
-        return _Graph(leaves, list(grads), loss.detach(), meter.nbytes if meter else 0)
-
-    def _reverse(self, graph: _Graph, v, *, retain: bool) -> torch.Tensor:
-        """``H_b v = J_g^T v``: one reverse pass through the gradient graph (H symmetric)."""
-        live = [i for i, g in enumerate(graph.grads) if g.requires_grad]
-        if not live:  # the gradient does not depend on the weights: H = 0
-            return torch.zeros(self.dim, dtype=self.dtype, device=self.device)
-        hv = torch.autograd.grad(
-            [graph.grads[i] for i in live],
-            graph.leaves,
-            grad_outputs=[v[self.names[i]] for i in live],
-            retain_graph=retain,
-            allow_unused=True,
-            materialize_grads=True,
-        )
-        return self.flatten(list(hv))
-
-    def _hvp_dbl(self, X, y, v, key=None):
-        """Double backward; ``key = (source, batch position)`` allows the graph cache."""
-        cache = self.graph_cache if key is not None else None
-        graph = cache.get(*key) if cache is not None else None
-        if graph is not None:
-            return self._reverse(graph, v, retain=True), graph.loss
-        measure = cache is not None and cache.has_room()
-        graph = self._grad_graph(X, y, measure=measure)
-        keep = measure and cache.offer(*key, graph)
-        return self._reverse(graph, v, retain=keep), graph.loss
-
-    def batch_hvp(self, X, y, v, key=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(H_b v, loss_b)`` for the batch-mean loss of ``(X, y)``; ``v`` as a dict.
-
-        ``key = (source, batch position)`` lets double-backward use the graph cache.
-        """
-        impl = {
-            "forward-over-reverse": lambda X, y, v: self._hvp_for(X, y, v),
-            "double-backward": lambda X, y, v: self._hvp_dbl(X, y, v, key),
-        }
-        if self.method is not None:
-            return impl[self.method](X, y, v)
-        first, second = AUTO_ORDER
-        try:
-            out = impl[first](X, y, v)
-        except Exception as err:  # noqa: BLE001 - any failure of one implementation
-            self.fallback_reason = f"{first} failed: {type(err).__name__}: {err}"
-            log.info("HVP: falling back to %s (%s)", second, self.fallback_reason)
-            out = impl[second](X, y, v)
-            self.method = second
-            return out
-        self.method = first
-        return out
-
-    def batch_grad(self, X, y) -> tuple[torch.Tensor, torch.Tensor]:
-        leaves = [self.params[k].detach().requires_grad_(True) for k in self.names]
-        p = dict(zip(self.names, leaves, strict=True))
-        with torch.enable_grad():
-            loss = self.loss(p, X, y)
-            grads = torch.autograd.grad(loss, leaves, allow_unused=True, materialize_grads=True)
-        return self.flatten(list(grads)), loss.detach()
-
-    # -- per-sample HVPs --------------------------------------------------------------------
-    def _per_sample_vmap(self, X, y, v) -> torch.Tensor:
-        load_forward_ad()
-
-        def single(x, t):
-            def lf(p):
-                return self.loss(p, x.unsqueeze(0), t.unsqueeze(0))
-
-            return torch.func.jvp(torch.func.grad(lf), (self.params,), (v,))[1]
-
-        out = torch.func.vmap(single)(X, y)
-        return self.flatten(out, lead=(X.shape[0],))
-
-    def _per_sample_loop(self, X, y, v) -> torch.Tensor:
-        rows = [self.batch_hvp(X[i : i + 1], y[i : i + 1], v)[0] for i in range(X.shape[0])]
-        return torch.stack(rows)
-
-    def per_sample_hvp(self, X, y, v) -> torch.Tensor:
-        """``(n, P)``: row i is ``H_i v`` (torch.func.vmap, falling back to a loop)."""
-        if self.per_sample_mode == "loop":
-            return self._per_sample_loop(X, y, v)
-        if self.per_sample_mode == "vmap":
-            return self._per_sample_vmap(X, y, v)
-        try:
-            out = self._per_sample_vmap(X, y, v)
-        except Exception as err:  # noqa: BLE001
-            self.per_sample_fallback_reason = f"vmap failed: {type(err).__name__}: {err}"
-            log.info("per-sample HVP: falling back to a loop (%s)", self.per_sample_fallback_reason)
-            self.per_sample_mode = "loop"
-            return self._per_sample_loop(X, y, v)
-        self.per_sample_mode = "vmap"
-        return out
-
-    # -- one data pass ----------------------------------------------------------------------
-    def mean_over(self, source: BatchSource, fn, *, progress, desc):
-        """Sample-weighted mean over ``source`` of ``fn(X, y) -> (batch-mean vector, loss)``."""
-
-        def weighted(X, y):
-            vec, loss = fn(X, y)
-            n = X.shape[0]
-            return vec * n, loss.reshape(1).to(torch.float64) * n
-
-        with _policy_mode(self.model, self.policy):
-            res = reduce_pass(source, data_pass(weighted, source, progress=progress, desc=desc))
-        if source.num_samples is not None and res.count != source.num_samples:
-            raise DeterminismError(
-                f"data source ({source.description}) yielded {res.count} samples, expected "
-                f"{source.num_samples}"
-            )
-        loss = float(res.sums[1].item()) / res.count
-        if not np.isfinite(loss):
-            raise ValueError(
-                f"the loss is not finite ({loss}) on data source {source.description}: check the "
-                "weights and the inputs for NaN/inf or overflow"
-            )
-        mean = res.sums[0] / res.count
-        if not bool(torch.isfinite(mean).all()):
-            raise ValueError(
-                f"the Hessian-vector product is not finite on data source {source.description} "
-                "(loss is finite): overflow in the second derivatives or a NaN/inf input vector"
-            )
-        return mean, loss
 
 
 # ---------------------------------------------------------------------------------------------
@@ -560,18 +146,22 @@ class HessianOperator:
     returns a 1-D tensor of length ``dim`` on ``device`` with ``dtype``.
 
     Constructor keywords: ``loss`` ("cross_entropy" or a callable ``(outputs, targets) -> batch
-    mean``), ``policy`` ("eval" default, or "batch-stats"; see the module docstring), ``dtype``
+    mean``), ``policy`` ("eval" default, or "batch-stats"; :mod:`nnhessian.hvp`), ``dtype``
     (torch.float32 default; float64 for validation), ``device`` (None -> CUDA when available, else
-    CPU), ``method`` ("auto", "forward-over-reverse", "double-backward"), ``graph_cache_bytes``
-    (memory budget for gradient graphs kept across products, double-backward only; 0 disables;
-    see the module docstring), ``progress`` (tqdm bar per
-    data pass: True, False, or None = only on a terminal) and ``verify`` (run
-    :meth:`check_determinism` once at construction; default True).
+    CPU), ``method`` ("auto", "forward-over-reverse", "double-backward"; :mod:`nnhessian.hvp`),
+    ``graph_cache_bytes`` (memory budget for gradient graphs kept across products, double-backward
+    only; 0 disables; "Graph cache" in :mod:`nnhessian.hvp`), ``progress`` (tqdm bar per data
+    pass: True, False, or None = only on a terminal) and ``verify`` (run :meth:`check_determinism`
+    once at construction; default True).
+
+    ``engine`` is the :class:`~nnhessian.hvp.HVPEngine` (weight snapshot, loss, policy, method,
+    graph cache) shared with the operators built from this one; ``terms`` the signed data sources
+    whose sample-weighted means are added (one for full and batch operators, two for noise).
     """
 
     def __init__(
         self,
-        engine: _Engine,
+        engine: HVPEngine,
         terms: list[tuple[float, BatchSource]],
         *,
         kind: str,
@@ -582,7 +172,7 @@ class HessianOperator:
         full_source: BatchSource | None = None,
         verify: bool = True,
     ) -> None:
-        self._engine = engine
+        self.engine = engine
         self._terms = terms
         self.kind = kind
         self.progress = progress
@@ -594,6 +184,11 @@ class HessianOperator:
         self.last_loss: float | None = None
         if verify:
             self.check_determinism()
+
+    @property
+    def _engine(self) -> HVPEngine:
+        """Old name of :attr:`engine`, kept until tests/test_nnhessian_resume.py uses ``engine``."""
+        return self.engine
 
     # -- constructors -----------------------------------------------------------------------
     @classmethod
@@ -618,7 +213,7 @@ class HessianOperator:
         batches, the last one uneven) or any re-iterable of ``(X, y)`` batches (a DataLoader with
         ``shuffle=False`` and no random transforms).
         """
-        engine = _Engine(model, loss, policy, dtype, device, method, graph_cache_bytes)
+        engine = _new_engine(model, loss, policy, dtype, device, method, graph_cache_bytes)
         if isinstance(data, InMemoryDataset):
             if batch_size is None:
                 raise ValueError("batch_size is required for an InMemoryDataset (no default)")
@@ -664,7 +259,7 @@ class HessianOperator:
         ``chunk_size`` evaluates the batch in pieces (sample-weighted, exact) to bound memory;
         not allowed with BatchNorm under "batch-stats", where the batch's statistics are the point.
         """
-        engine = _Engine(model, loss, policy, dtype, device, method, graph_cache_bytes)
+        engine = _new_engine(model, loss, policy, dtype, device, method, graph_cache_bytes)
         dataset = _require_dataset(data).to(engine.device, engine.dtype)
         return cls._batch_from(engine, dataset, indices, chunk_size, progress, verify)
 
@@ -752,7 +347,7 @@ class HessianOperator:
         """``H_B`` on this full-data operator's data set and weight snapshot."""
         self._require_full_in_memory("batch_operator")
         return self._batch_from(
-            self._engine,
+            self.engine,
             self.dataset,
             indices,
             chunk_size,
@@ -768,7 +363,7 @@ class HessianOperator:
         """``H_B - H_emp`` with ``H_emp`` this operator (same data batching and weights)."""
         self._require_full_in_memory("noise_operator")
         return self._batch_from(
-            self._engine,
+            self.engine,
             self.dataset,
             indices,
             chunk_size,
@@ -784,12 +379,17 @@ class HessianOperator:
         if self.kind != "full":
             raise ValueError(f"per_sample() needs a full-data operator, this one is {self.kind!r}")
         return PerSampleHessians(
-            self._engine,
+            self.engine,
             self._full_source,
             self.dataset,
             chunk_size=chunk_size,
             progress=self.progress,
+            sample_operator=self._sample_operator,
         )
+
+    def _sample_operator(self, i: int, verify: bool) -> HessianOperator:
+        """``H_i`` alone: a fixed batch of the one sample ``i`` (for :class:`PerSampleHessians`)."""
+        return self._batch_from(self.engine, self.dataset, [i], None, self.progress, verify)
 
     def _require_full_in_memory(self, what):
         if self.kind != "full" or self.dataset is None:
@@ -802,32 +402,32 @@ class HessianOperator:
     @property
     def dim(self) -> int:
         """P: number of trainable parameters."""
-        return self._engine.dim
+        return self.engine.dim
 
     @property
     def dtype(self) -> torch.dtype:
-        return self._engine.dtype
+        return self.engine.dtype
 
     @property
     def device(self) -> torch.device:
-        return self._engine.device
+        return self.engine.device
 
     @property
     def policy(self) -> str:
-        return self._engine.policy
+        return self.engine.policy
 
     @property
     def method(self) -> str:
         """HVP implementation in use ("auto" until the first product has resolved it)."""
-        return self._engine.method or "auto"
+        return self.engine.method or "auto"
 
     @property
     def fallback_reason(self) -> str | None:
-        return self._engine.fallback_reason
+        return self.engine.fallback_reason
 
     @property
     def model(self) -> nn.Module:
-        return self._engine.model
+        return self.engine.model
 
     @property
     def sharding(self):
@@ -851,7 +451,7 @@ class HessianOperator:
 
     def parameters(self) -> torch.Tensor:
         """The flat weight vector w at which this is the Hessian (a copy)."""
-        return self._engine.flat_params().clone()
+        return self.engine.flat_params().clone()
 
     def _check_vector(self, v) -> torch.Tensor:
         if not isinstance(v, torch.Tensor):
@@ -876,16 +476,16 @@ class HessianOperator:
 
     def _apply(self, v: torch.Tensor, *, cached: bool) -> torch.Tensor:
         v = self._check_vector(v)
-        vd = self._engine.unflatten(v)
+        vd = self.engine.unflatten(v)
         out = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
         for coef, source in self._terms:
             position = itertools.count()
 
             def product(X, y, source=source, position=position):
                 key = (source, next(position)) if cached else None
-                return self._engine.batch_hvp(X, y, vd, key)
+                return self.engine.batch_hvp(X, y, vd, key)
 
-            mean, loss = self._engine.mean_over(
+            mean, loss = self.engine.mean_over(
                 source, product, progress=self.progress, desc=self._desc(coef, source)
             )
             out.add_(mean, alpha=coef)
@@ -895,12 +495,12 @@ class HessianOperator:
 
     @property
     def graph_cache(self) -> GraphCacheInfo:
-        """Budget, use, graphs held, hits and misses of the graph cache (module docstring)."""
-        return self._engine.graph_cache.info()
+        """Budget, use, graphs held, hits and misses of the graph cache (:mod:`nnhessian.hvp`)."""
+        return self.engine.graph_cache.info()
 
     def clear_graph_cache(self) -> None:
         """Free every kept gradient graph (of all operators sharing this weight snapshot)."""
-        self._engine.graph_cache.clear()
+        self.engine.graph_cache.clear()
 
     def loss_and_gradient(self) -> tuple[float, torch.Tensor]:
         """Mean loss and gradient over the operator's data (same weighting as ``matvec``).
@@ -910,9 +510,9 @@ class HessianOperator:
         out = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
         total = 0.0
         for coef, source in self._terms:
-            mean, loss = self._engine.mean_over(
+            mean, loss = self.engine.mean_over(
                 source,
-                self._engine.batch_grad,
+                self.engine.batch_grad,
                 progress=self.progress,
                 desc=f"gradient {self.kind}",
             )
@@ -985,111 +585,6 @@ def _check_indices(indices, N: int) -> torch.Tensor:
     if torch.unique(idx).numel() != B:
         raise ValueError("batch indices must be distinct (a batch is drawn without replacement)")
     return idx
-
-
-# ---------------------------------------------------------------------------------------------
-# per-sample Hessians
-# ---------------------------------------------------------------------------------------------
-
-
-class PerSampleHessians:
-    """The N per-sample Hessians ``H_i`` of a full-data operator (paper eq. 9).
-
-    Products ``H_i v`` for many samples at once use ``torch.func.vmap`` over per-sample
-    forward-over-reverse HVPs, in chunks of ``chunk_size`` samples; modules that vmap cannot
-    handle fall back to a loop of single-sample HVPs (``mode`` says which ran). Needs a loss that
-    is a sum of per-sample terms: refused for BatchNorm under policy "batch-stats".
-    """
-
-    def __init__(
-        self,
-        engine: _Engine,
-        source: BatchSource,
-        dataset: InMemoryDataset | None,
-        *,
-        chunk_size: int,
-        progress,
-    ) -> None:
-        if engine.policy == "batch-stats" and has_batchnorm(engine.model):
-            raise ValueError(
-                "per-sample Hessians are undefined for BatchNorm with batch statistics "
-                "(policy 'batch-stats'): the batch loss is not a sum of per-sample losses; "
-                "use policy 'eval'"
-            )
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-        self._engine = engine
-        self._source = source
-        self.dataset = dataset
-        self.chunk_size = chunk_size
-        self.progress = progress
-
-    @property
-    def dim(self) -> int:
-        return self._engine.dim
-
-    @property
-    def num_samples(self) -> int | None:
-        return self._source.num_samples
-
-    @property
-    def mode(self) -> str | None:
-        """Per-sample mode, "vmap" or "loop", once resolved by the first product."""
-        return self._engine.per_sample_mode
-
-    def _chunks(self, X, y, v):
-        vd = self._engine.unflatten(v)
-        for s in range(0, X.shape[0], self.chunk_size):
-            yield self._engine.per_sample_hvp(
-                X[s : s + self.chunk_size], y[s : s + self.chunk_size], vd
-            )
-
-    def _vector(self, v):
-        if not isinstance(v, torch.Tensor) or v.ndim != 1 or v.shape[0] != self.dim:
-            raise ValueError(f"expected a 1-D tensor of length {self.dim}")
-        return v.to(device=self._engine.device, dtype=self._engine.dtype)
-
-    def matvecs(self, v: torch.Tensor, indices=None) -> torch.Tensor:
-        """``(n, P)`` tensor whose row k is ``H_{i_k} v`` (all samples when ``indices`` is None).
-
-        Holds n x P numbers: for small problems and tests; large ones use
-        :meth:`squared_deviation_sum`.
-        """
-        if self.dataset is None:
-            raise ValueError("matvecs() needs an InMemoryDataset")
-        v = self._vector(v)
-        data = self.dataset if indices is None else self.dataset.subset(indices)
-        with _policy_mode(self._engine.model, self._engine.policy):
-            return torch.cat(list(self._chunks(data.X, data.y, v)), dim=0)
-
-    def squared_deviation_sum(self, v: torch.Tensor, center: torch.Tensor) -> tuple[float, int]:
-        """``(sum_i ||H_i v - center||^2, N)`` in one pass over the data (float64 sum)."""
-        v = self._vector(v)
-        center = self._vector(center)
-
-        def fn(X, y):
-            total = torch.zeros((), dtype=torch.float64, device=X.device)
-            for rows in self._chunks(X, y, v):
-                total = total + ((rows - center) ** 2).sum(dtype=torch.float64)
-            return (total,)
-
-        with _policy_mode(self._engine.model, self._engine.policy):
-            res = reduce_pass(
-                self._source,
-                data_pass(fn, self._source, progress=self.progress, desc="per-sample HVPs"),
-            )
-        value = float(res.sums[0].item())
-        if not np.isfinite(value):
-            raise ValueError("per-sample Hessian-vector products are not finite")
-        return value, res.count
-
-    def operator(self, i: int, *, verify: bool = False) -> HessianOperator:
-        """``H_i`` alone, as a :class:`HessianOperator` (a fixed batch of one sample)."""
-        if self.dataset is None:
-            raise ValueError("operator(i) needs an InMemoryDataset")
-        return HessianOperator._batch_from(
-            self._engine, self.dataset, [int(i)], None, self.progress, verify
-        )
 
 
 # ---------------------------------------------------------------------------------------------

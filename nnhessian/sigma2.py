@@ -68,7 +68,8 @@ from tqdm import tqdm
 
 from nnhessian.checkpoint import ProbeLoop
 from nnhessian.data import BatchSource, data_pass
-from nnhessian.operators import HessianOperator, _policy_mode, has_batchnorm
+from nnhessian.hvp import has_batchnorm, policy_mode
+from nnhessian.operators import HessianOperator
 from rmt.theory import exact_factor
 
 __all__ = [
@@ -348,7 +349,7 @@ def sigma2_partition(
         batch_size=batch_size,
     )
     seeds = loop.seeds
-    engine = op._engine
+    engine = op.engine
     P = op.dim
     for _, seed in _pending(loop, "sigma^2 partition probes", probes, progress):
         g = torch.Generator().manual_seed(seed)
@@ -392,7 +393,7 @@ def _partition_raw(engine, dataset, v, batches, leftover, progress, sharding=Non
     first = BatchSource.from_indices(
         dataset, [batches[0]], device=engine.device, dtype=engine.dtype
     )
-    with _policy_mode(engine.model, engine.policy):
+    with policy_mode(engine.model, engine.policy):
         X1, y1 = next(iter(first))
         shift = engine.batch_hvp(X1, y1, vd)[0].to(torch.float64)
 
@@ -448,7 +449,7 @@ def sigma2_two_batch(
         batch_size=batch_size,
     )
     seeds = loop.seeds
-    engine = op._engine
+    engine = op.engine
     P = op.dim
     for _, seed in _pending(loop, "sigma^2 two-batch probes", probes, progress):
         g = torch.Generator().manual_seed(seed)

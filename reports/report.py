@@ -22,6 +22,9 @@ Sections, always present in this order (a section without input says so):
 6. Provenance of every run: configuration, versions, git commit, device, times.
 
 A file a run should have written but did not is named in a note; the report does not fail on it.
+The verdicts are those each run stored with its tidy rows (``summary.csv``, read by
+``reports.tables.tidy``); the report recomputes none. Its tables of raw data (extremes, sweep,
+Weyl, the paper's table) come from the runs' other CSV files.
 """
 
 from __future__ import annotations
@@ -255,11 +258,9 @@ def _synthetic_section(runs: list[Run]) -> list:
                             "measured_mean",
                             "measured_se",
                             "z_score",
-                            "verdict",
                         ],
                     ),  # fmt: skip
-                    caption="Top eigenvalue across the transition",
-                    verdict_column="verdict",
+                    caption="Top eigenvalue across the transition (verdicts in the tidy rows below)",
                 )
             )
         blocks.append(Heading(level, "Spectrum against the semicircle and the free convolution"))
@@ -281,7 +282,7 @@ def _synthetic_section(runs: list[Run]) -> list:
                     "Monte-Carlo reference (the 'uncertainty')."
                 )
             )
-            blocks.append(Table(free, caption="Free convolution", verdict_column="verdict"))
+            blocks.append(Table(free, caption="Free convolution"))
         blocks.append(Heading(level, "Weyl bounds"))
         blocks += _figure(
             run,
@@ -312,14 +313,12 @@ def _synthetic_section(runs: list[Run]) -> list:
             cols = [
                 "P", "t", "spikes", "side", "index", "spike", "regime", "predicted",
                 "predicted_mean", "predicted_sd", "measured_mean", "measured_sd", "measured_se",
-                "z_score", "verdict",
+                "z_score",
             ]  # fmt: skip
             for regime, caption in (("outlier", "Outliers"), ("edge", "Tracy-Widom edge")):
                 part = extremes[extremes["regime"] == regime]
                 if len(part):
-                    blocks.append(
-                        Table(_columns(part, cols), caption=caption, verdict_column="verdict")
-                    )
+                    blocks.append(Table(_columns(part, cols), caption=caption))
             overlap = extremes[np.isfinite(extremes["overlap_measured"].astype(float))]
             if len(overlap):
                 blocks.append(

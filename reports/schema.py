@@ -13,11 +13,13 @@ Every comparison of theory with measurement is one row:
                  when not meaningful);
 ``verdict``      one of :data:`VERDICTS` (a run may refine the wording after the first word, e.g.
                  ``disagrees (inside the edge)``).
+
+The verdicts are decided when a run is checked (``validation.checks.verdict``, the one rule) and
+stored with the rows in the run's ``summary.csv``; the report reads them and decides none.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 
 TIDY_COLUMNS = (
@@ -31,15 +33,6 @@ TIDY_COLUMNS = (
     "verdict",
 )
 VERDICTS = ("agrees", "disagrees", "not applicable")
-
-
-def verdict_from_z(predicted: float, measured: float, uncertainty: float, z_crit: float) -> str:
-    """``agrees`` when |measured - predicted| <= z_crit * uncertainty, else ``disagrees``;
-    ``not applicable`` when any of the three numbers is missing or the uncertainty is not > 0."""
-    values = np.array([predicted, measured, uncertainty], dtype=float)
-    if not np.all(np.isfinite(values)) or uncertainty <= 0:
-        return "not applicable"
-    return "agrees" if abs(measured - predicted) <= z_crit * uncertainty else "disagrees"
 
 
 def tidy_frame(rows) -> pd.DataFrame:

@@ -1,8 +1,8 @@
 """Monte-Carlo experiments: measured extremes of low rank + GOE against Theorem 2.
 
 Flow: (spikes, t, P) -> sampler (dense or band, one independent stream per trial) ->
-``SpikedExtremes`` (raw draws) -> ``extremes_table`` (one tidy row per eigenvalue compared with
-theory) and ``weyl_table`` (both Weyl bounds, draw by draw).
+``SpikedExtremes`` (raw draws) -> ``extremes_table`` (one row per eigenvalue: prediction,
+measurement, standard error, z-score) and ``weyl_table`` (both Weyl bounds, draw by draw).
 
 Which eigenvalue is compared with which prediction. Positive spikes, sorted in decreasing order,
 are matched to the largest eigenvalues in order; negative spikes, in increasing order, to the
@@ -12,16 +12,17 @@ that is not an outlier sits at the edge 2 sqrt(t) with Tracy-Widom (beta = 1) fl
 scale sqrt(t) P^(-2/3); a subcritical spike leaves that law unchanged (Peche 2006; Feral & Peche
 2007). One edge row per side is always reported. Deeper edge eigenvalues (a second subcritical
 spike on the same side) converge to 2 sqrt(t) as well, but their finite-P law is not among our
-formulas, so their verdict is "not applicable". So is a spike inside the BBP crossover window
+formulas, so their predicted mean is NaN. So is a spike inside the BBP crossover window
 ``| |theta| / sqrt(t) - 1 | <= CRITICAL_WINDOW P^(-1/3)`` (Baik, Ben Arous & Peche 2005): there
 the top eigenvalue follows the crossover law of the window, neither Tracy-Widom nor Gaussian
 (regime "critical"; the asymptotic position 2 sqrt(t) is still reported).
 
-Verdict: ``z = (measured_mean - predicted_mean) / measured_se`` with ``predicted_mean`` the
-finite-P expectation (edge: 2 sqrt(t) + E[TW_1] sqrt(t) P^(-2/3)); "agrees" when
-``|z| <= z_crit`` (default 4: a two-sided Gaussian tail of 6e-5 per row), else "disagrees".
-The neglected finite-P corrections are O(1/P) for outliers and O(P^(-1/3)) relative to the TW
-scale at the edge; with trials << P they stay below the Monte-Carlo standard error.
+Measurement, not verdict: each row carries the finite-P predicted mean (edge: 2 sqrt(t) +
+E[TW_1] sqrt(t) P^(-2/3)), the Monte-Carlo mean, its standard error and
+``z = (measured_mean - predicted_mean) / measured_se`` (NaN where no finite-P law is known);
+whether a row agrees is the caller's decision (this package measures and predicts only). The
+neglected finite-P corrections are O(1/P) for outliers and O(P^(-1/3)) relative to the TW scale
+at the edge; with trials << P they stay below the Monte-Carlo standard error.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ from rmt.samplers import dense_extremes
 from rmt.types import ExtremeSample
 
 METHODS = ("dense", "band")
-Z_CRIT = 4.0
 # Half-width of the BBP crossover window on theta / sqrt(t), in units of P^(-1/3). Inside it
 # neither limit law is used; outside, the Tracy-Widom edge or the Gaussian outlier. Spikes of the
 # default grid stay outside: 0.5 sqrt(t) at P = 1,000 is 5 units from the threshold, the BBP
@@ -196,8 +196,8 @@ def expectations(spikes, t, P, n_extreme):
     return out
 
 
-def extremes_table(result: SpikedExtremes, *, z_crit=Z_CRIT) -> pd.DataFrame:
-    """One tidy row per compared eigenvalue: prediction, measurement, z-score, verdict."""
+def extremes_table(result: SpikedExtremes) -> pd.DataFrame:
+    """One row per compared eigenvalue: prediction, measurement, standard error, z-score."""
     rows = []
     n_extreme = result.top.shape[1]
     for e in expectations(result.spikes, result.t, result.P, n_extreme):
@@ -209,10 +209,6 @@ def extremes_table(result: SpikedExtremes, *, z_crit=Z_CRIT) -> pd.DataFrame:
         sd = float(values.std(ddof=1)) if values.size > 1 else float("nan")
         se = sd / np.sqrt(values.size)
         z = (mean - e.predicted_mean) / se if np.isfinite(e.predicted_mean) else float("nan")
-        if not np.isfinite(z):
-            verdict = "not applicable"
-        else:
-            verdict = "agrees" if abs(z) <= z_crit else "disagrees"
         rows.append(
             {
                 "P": result.P,
@@ -241,7 +237,6 @@ def extremes_table(result: SpikedExtremes, *, z_crit=Z_CRIT) -> pd.DataFrame:
                     else np.nan
                 ),
                 "z_score": z,
-                "verdict": verdict,
             }
         )
     return pd.DataFrame(rows)

@@ -5,6 +5,7 @@ import json
 import pandas as pd
 import pytest
 
+from reports.schema import TIDY_COLUMNS
 from validation.cli import main
 from validation.paper import PAPER_ROWS, PaperRow, noise_scale_for, paper_table
 
@@ -24,7 +25,9 @@ def test_paper_rows_by_hand():
     # 36.09 > 2 * 10.35: edge branch, t = 18.045^2 = 325.622025; ratio 325.622025 / 198.669025
     assert vgg.t_to_match_measured == pytest.approx(325.622025, rel=1e-12)
     assert vgg.sigma2_ratio_to_match == pytest.approx(325.622025 / 198.669025, rel=1e-12)
-    assert vgg.verdict == "larger than predicted" and vgg["flags"] == "none"
+    # no uncertainty printed and 36.09 outside the edge 28.19: no verdict, the side kept
+    assert vgg.verdict == "not applicable" and vgg["flags"] == "none"
+    assert vgg.measured_vs_predicted == "larger"
     # PreResNet-110: outlier branch t = 13.38 * 11.03 = 147.5814, threshold 12.148 < 13.38.
     assert resnet.implied_t == pytest.approx(147.5814, rel=1e-12)
     assert resnet.regime == "outlier"
@@ -33,6 +36,8 @@ def test_paper_rows_by_hand():
     # matching needs t = 13.38 * (20.78 - 13.38) = 99.012, i.e. sigma^2 x 0.6709.
     assert resnet.edge == pytest.approx(2 * 147.5814**0.5, rel=1e-12)
     assert resnet["flags"] == "measured below the edge"
+    assert resnet.verdict == "disagrees (inside the edge: |measured| 20.78 < 2 sqrt(t) = 24.3)"
+    assert resnet.measured_vs_predicted == "smaller"
     assert resnet.sigma2_ratio_to_match == pytest.approx(99.012 / 147.5814, rel=1e-12)
     # eq. 7 read as printed is s^2 = t / P, far below the measured shifts
     assert not vgg.measured_within_eq7 and vgg.eq7_bound == pytest.approx(198.669025 / 15_291_300)
@@ -63,8 +68,47 @@ def test_user_rows_csv_in_csv_out(tmp_path):
     assert table.loc[0, "implied_t"] == pytest.approx(-3.0 * (-0.5))
     assert table.loc[0, "factor"] == "exact"
     assert "measured below lambda" in table.loc[0, "flags"]
+    # t = 1.5: the edge 2 sqrt(1.5) = 2.449 lies beyond |-2|, and |-2| < |lambda| = 3
+    verdict = (
+        "disagrees (inside the edge: |measured| 2 < 2 sqrt(t) = 2.449; "
+        "below the full-data value: no sigma^2 >= 0 reproduces it)"
+    )
+    assert table.loc[0, "verdict"] == verdict
     results = json.loads((out / "results.json").read_text())
     assert results["provenance"]["config"]["factor"] == "exact"
+    summary = pd.read_csv(out / "summary.csv").set_index("check")
+    assert list(summary.index) == ["theorem2", "weyl", "weyl-eq7", "sigma2"]
+    assert summary.loc["theorem2", "verdict"] == verdict
+    # |-2 - (-3)| = 1 within 2 sqrt(1.5) = 2.449; beyond t / P = 0.0015
+    assert summary.loc["weyl", "verdict"] == "agrees (within the Weyl envelope 2 sqrt(t))"
+    assert summary.loc["weyl-eq7", "verdict"] == "disagrees (shift exceeds eq. 7 (t / P))"
+    assert summary.loc["sigma2", "verdict"] == "not applicable"
+    assert "summary.csv" in results["files"]
+
+
+def test_paper_summary_rows_by_hand(tmp_path):
+    out = tmp_path / "paper"
+    assert main(["paper", "--out", str(out)]) == 0
+    summary = pd.read_csv(out / "summary.csv")
+    assert list(summary.columns) == list(TIDY_COLUMNS) and set(summary.source) == {"paper"}
+    assert list(summary.check) == ["theorem2", "weyl", "weyl-eq7", "sigma2"] * 2
+    assert list(summary.verdict) == [
+        # VGG16: 36.09 beyond the edge 28.19; |36.09 - 10.35| = 25.74 <= 28.19; >> t / P
+        "not applicable",
+        "agrees (within the Weyl envelope 2 sqrt(t))",
+        "disagrees (shift exceeds eq. 7 (t / P))",
+        "not applicable",
+        # PreResNet-110: 20.78 inside 2 sqrt(147.5814) = 24.30; |20.78 - 13.38| = 7.4 <= 24.30
+        "disagrees (inside the edge: |measured| 20.78 < 2 sqrt(t) = 24.3)",
+        "agrees (within the Weyl envelope 2 sqrt(t))",
+        "disagrees (shift exceeds eq. 7 (t / P))",
+        "not applicable",
+    ]
+    assert summary.quantity[0] == (
+        "batch lambda_max, VGG16, epoch 200, B=128 "
+        "[no uncertainty printed; measured larger than predicted]"
+    )
+    assert summary.quantity[3].endswith(f"[x{325.622025 / 198.669025:.3g} to match]")
 
 
 @pytest.mark.parametrize(

@@ -77,6 +77,19 @@ def test_bad_input_exits_2_nothing_written(inputs, tmp_path, capsys, setup, mess
     assert sorted(p.name for p in tmp_path.iterdir()) == (["bad"] if bad.exists() else [])
 
 
+def test_a_run_older_than_stored_verdicts_is_one_line_rerun(inputs, tmp_path, capsys):
+    import shutil
+
+    old = shutil.copytree(inputs / "paper", tmp_path / "old-paper")
+    (old / "summary.csv").unlink()
+    out = tmp_path / "report"
+    assert main(["report", str(old), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"{old / 'summary.csv'}: missing" in err and "rerun python -m validation paper" in err
+    assert not out.exists()
+
+
 def test_a_folder_given_twice_is_refused(inputs, tmp_path, capsys):
     out = tmp_path / "report"
     twice = [str(inputs / "paper"), str(inputs / "paper" / ".." / "paper")]

@@ -3,6 +3,7 @@
 import json
 
 from validation import cli
+from validation import run as run_command
 
 TOY_STAGES = {
     "synthetic": (
@@ -22,7 +23,7 @@ def _json(path):
 
 
 def test_run_writes_every_stage_and_the_report_then_reuses(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "RUN_STAGES", TOY_STAGES)
+    monkeypatch.setattr(run_command, "RUN_STAGES", TOY_STAGES)
     assert cli.main(["run", "--out", str(tmp_path), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert out.strip().splitlines()[-1] == f"done: report in {tmp_path / 'report' / 'report.html'}"
@@ -43,6 +44,13 @@ def test_run_writes_every_stage_and_the_report_then_reuses(tmp_path, monkeypatch
     assert "synthetic: reusing" in out and "network: reusing" in out
     for name in ("synthetic", "network"):
         assert (tmp_path / name / "results.json").read_text() == first[name]
+
+    # a stage folder without tidy rows (written before runs stored verdicts) is not reused
+    (tmp_path / "synthetic" / "summary.csv").unlink()
+    assert cli.main(["run", "--out", str(tmp_path), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "synthetic: reusing" not in out and "network: reusing" in out
+    assert (tmp_path / "synthetic" / "summary.csv").is_file()
 
     assert cli.main(["run", "--out", str(tmp_path), "--quiet", "--force"]) == 0
     assert "reusing" not in capsys.readouterr().out

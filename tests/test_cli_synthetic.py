@@ -4,9 +4,11 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 
+from reports.schema import TIDY_COLUMNS
 from validation.cli import main
 
 TOY = [
@@ -31,7 +33,7 @@ def test_synthetic_writes_tables_figures_and_provenance(toy_run):
     files = {p.name for p in toy_run.iterdir()}
     expected = {
         "results.json", "extremes.csv", "weyl.csv", "bbp_sweep.csv", "free_convolution.csv",
-        "bbp_transition.png", "spectrum_histogram.png", "weyl_slack.png",
+        "summary.csv", "bbp_transition.png", "spectrum_histogram.png", "weyl_slack.png",
     }  # fmt: skip
     assert expected <= files
     results = json.loads((toy_run / "results.json").read_text())
@@ -44,15 +46,71 @@ def test_synthetic_writes_tables_figures_and_provenance(toy_run):
     table = pd.read_csv(toy_run / "extremes.csv")
     for column in (
         "predicted", "regime", "measured_mean", "measured_se", "overlap_predicted",
-        "overlap_measured", "z_score", "verdict",
+        "overlap_measured", "z_score",
     ):  # fmt: skip
         assert column in table.columns
+    assert "verdict" not in table.columns  # raw measurements; verdicts live in summary.csv
     # 2 P x (4 rows for 3,0.4,-2 + 2 edge rows for no spike)
     assert len(table) == 2 * (4 + 2)
-    assert set(table.verdict) <= {"agrees", "disagrees", "not applicable"}
     weyl = pd.read_csv(toy_run / "weyl.csv")
     assert len(weyl) == 2 * 2 * 6 and weyl.exact_holds.all()
     assert len(pd.read_csv(toy_run / "bbp_sweep.csv")) == 4
+
+
+def _z_rule(predicted, measured, se, z_crit=4.0):
+    """The verdict the numbers determine (the z rule, written out here)."""
+    if not (np.isfinite(predicted) and np.isfinite(measured) and np.isfinite(se) and se > 0):
+        return "not applicable"
+    return "agrees" if abs(measured - predicted) <= z_crit * se else "disagrees"
+
+
+def test_summary_holds_the_verdicts_the_raw_tables_determine(toy_run):
+    summary = pd.read_csv(toy_run / "summary.csv")
+    assert list(summary.columns) == list(TIDY_COLUMNS)
+    assert set(summary.source) == {"synthetic"}
+    extremes = pd.read_csv(toy_run / "extremes.csv")
+    theorem2 = summary[summary.check == "theorem2"]
+    np.testing.assert_array_equal(theorem2.predicted, extremes.predicted_mean)
+    np.testing.assert_array_equal(theorem2.measured, extremes.measured_mean)
+    np.testing.assert_array_equal(theorem2.uncertainty, extremes.measured_se)
+    expected = [
+        _z_rule(r.predicted_mean, r.measured_mean, r.measured_se) for r in extremes.itertuples()
+    ]
+    assert list(theorem2.verdict) == expected
+    # overlaps: rows matched to a spike; the z rule for outliers, not applicable otherwise
+    spiked = extremes[extremes.spike.notna()]
+    overlap = summary[summary.check == "overlap"]
+    assert len(overlap) == len(spiked)
+    expected = [
+        _z_rule(r.overlap_predicted, r.overlap_measured, r.overlap_se)
+        if r.regime == "outlier"
+        else "not applicable"
+        for r in spiked.itertuples()
+    ]
+    assert list(overlap.verdict) == expected
+    sweep = pd.read_csv(toy_run / "bbp_sweep.csv")
+    expected = [
+        _z_rule(r.predicted_mean, r.measured_mean, r.measured_se) for r in sweep.itertuples()
+    ]
+    assert list(summary[summary.check == "bbp-sweep"].verdict) == expected
+    # Weyl: every one of the 6 draws per grid point within ||W||_2 (weyl.csv says so above)
+    assert list(summary[summary.check == "weyl"].verdict) == ["agrees (all 6 draws)"] * 4
+    weyl = pd.read_csv(toy_run / "weyl.csv")
+    eq7 = summary[summary.check == "weyl-eq7"]
+    groups = [weyl.P, weyl.spikes]  # spikes "" (none) reads back as NaN: keep its group
+    failed = (~weyl.paper_holds).groupby(groups, sort=False, dropna=False).sum().tolist()
+    assert list(eq7.verdict) == [
+        "agrees (all 6 draws)" if k == 0 else f"disagrees ({k} of 6 draws exceed eq. 7 (s^2))"
+        for k in failed
+    ]
+    # free convolution: W1 against 4 x the two-draw distance
+    (free,) = pd.read_csv(toy_run / "free_convolution.csv").itertuples()
+    (row,) = summary[summary.check == "free-convolution"].itertuples()
+    assert row.measured == free.measured and row.uncertainty == free.uncertainty
+    assert row.verdict == ("agrees" if free.measured <= 4.0 * free.uncertainty else "disagrees")
+    # the run's message and results.json count the theorem2 verdicts
+    counts = json.loads((toy_run / "results.json").read_text())["verdicts"]
+    assert counts == theorem2.verdict.value_counts().to_dict()
 
 
 def test_band_method_runs_the_same_grid(tmp_path):

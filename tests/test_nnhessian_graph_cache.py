@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-import nnhessian.operators as operators
+import nnhessian.hvp as hvp
 from nnhessian.data import DeterminismError
 from nnhessian.models import build
 from nnhessian.operators import DEFAULT_GRAPH_CACHE_BYTES, GraphCacheInfo, HessianOperator
@@ -48,7 +48,7 @@ def graph_bytes(name) -> list[int]:
         op = HessianOperator.full(
             tiny_model(name), data, batch_size=BATCH, dtype=F64, graph_cache_bytes=BIG
         )
-        g = op._engine._grad_graph(X.to(F64), y, measure=True)
+        g = op.engine.grad_graph(X.to(F64), y, measure=True)
         sizes.append(g.nbytes)
     return sizes
 
@@ -148,7 +148,7 @@ def test_determinism_check_still_catches_dropout_with_graphs_cached(monkeypatch)
     rebuilds every graph, still sees two different products."""
     model = build("mlp", 10, hidden=6, dropout=0.5, generator=torch.Generator().manual_seed(2))
     model.train()
-    monkeypatch.setattr(operators, "_policy_mode", lambda m, p: contextlib.nullcontext())
+    monkeypatch.setattr(hvp, "policy_mode", lambda m, p: contextlib.nullcontext())
     torch.manual_seed(0)  # test fixture: the dropout masks come from the global RNG
     op = HessianOperator.full(
         model, subset(False), batch_size=BATCH, dtype=F64, graph_cache_bytes=BIG, verify=False

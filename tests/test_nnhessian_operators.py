@@ -1,7 +1,9 @@
 """HessianOperator: HVPs against dense Hessians, invariants, model state, determinism, bad input.
 
 All exact comparisons are in float64 on small models (P ~ 400-600) and 23 digits samples in
-batches of 10, 10 and 3 (an uneven last batch), against ``tests.test_nnhessian_reference``.
+batches of 10, 10 and 3 (an uneven last batch), against the dense Hessians of
+:mod:`nnhessian.reference` (itself checked in ``tests/test_nnhessian_reference.py``) and central
+differences of gradients.
 """
 
 from __future__ import annotations
@@ -16,17 +18,18 @@ import torch.nn.functional as F
 from torch import nn
 
 import nnhessian
+import nnhessian.hvp as hvp
 import nnhessian.operators as operators
+from nnhessian import reference
 from nnhessian.data import DeterminismError, InMemoryDataset
 from nnhessian.models import build
 from nnhessian.operators import HessianOperator, as_linear_operator
 from tests.test_nnhessian_reference import (  # noqa: F401 (single_thread: autouse fixture)
     assert_second_order_agreement,
-    dense_hessian,
-    dense_per_sample_hessians,
     digits,
     fd_errors,
     flat_loss,
+    gradient_of,
     rel_err,
     single_thread,
 )
@@ -34,6 +37,7 @@ from tests.tolerances import EPS32, HVP_RTOL32, HVP_RTOL64, HVP_SYMMETRY_RTOL64
 
 N_SUB = 23
 BATCH = 10  # batches of 10, 10, 3
+BATCH_RANGES = (range(0, 10), range(10, 20), range(20, 23))
 BATCH_IDX = torch.tensor([1, 4, 5, 11, 17, 20, 22])  # the fixed batch, B = 7
 F64 = torch.float64
 METHODS = ("forward-over-reverse", "double-backward")
@@ -70,13 +74,16 @@ def images_for(name: str) -> bool:
 
 @functools.cache
 def references(name: str, policy: str) -> dict[str, torch.Tensor]:
-    """Dense H_emp (sample-weighted batches), H_B and H_B - H_emp."""
+    """Dense H_emp (sample-weighted batches), H_B and H_B - H_emp (float64)."""
     data = subset(images_for(name))
     model = tiny_model(name)
-    batches = list(data.batches(BATCH))
-    weights = [X.shape[0] / N_SUB for X, _ in batches]
-    H_full = dense_hessian(model, batches, weights, policy)
-    H_batch = dense_hessian(model, [(data.X[BATCH_IDX], data.y[BATCH_IDX])], [1.0], policy)
+
+    def dense(indices):
+        return reference.dense_hessian(model, data, indices, policy=policy, dtype=F64)
+
+    # batch statistics depend on the batching: H_emp is the weighted mean of the batch Hessians
+    H_full = sum(len(r) / N_SUB * dense(r) for r in BATCH_RANGES)
+    H_batch = dense(BATCH_IDX)
     return {"full": H_full, "batch": H_batch, "noise": H_batch - H_full}
 
 
@@ -166,15 +173,10 @@ def test_hvp_matches_central_differences_of_gradient(name, policy):
     f, theta0 = flat_loss(
         tiny_model(name), batches, [X.shape[0] / N_SUB for X, _ in batches], policy
     )
-
-    def grad_at(theta):
-        theta = theta.detach().requires_grad_(True)
-        return torch.autograd.grad(f(theta), theta)[0]
-
     op = operators_for(name, policy, "forward-over-reverse")["full"]
     assert torch.equal(op.parameters(), theta0)  # flat order = named_parameters order
     v = probes(op.dim, 1, seed=7)[0]
-    assert_second_order_agreement(fd_errors(grad_at, theta0, v, op.matvec(v)))
+    assert_second_order_agreement(fd_errors(gradient_of(f), theta0, v, op.matvec(v)))
 
 
 def test_forward_over_reverse_equals_double_backward_per_call():
@@ -205,10 +207,10 @@ def test_uneven_last_batch_is_weighted_by_sample_count():
     model = tiny_model("mlp")
     op = operators_for("mlp", "eval", "double-backward")["full"]
     assert op.num_samples == N_SUB
-    H_exact = dense_hessian(model, [(data.X, data.y)], [1.0])
+    H_exact = reference.dense_hessian(model, data, dtype=F64)
     batches = list(data.batches(BATCH))
-    assert [X.shape[0] for X, _ in batches] == [10, 10, 3]
-    H_equal = dense_hessian(model, batches, [1 / 3] * 3)
+    assert [X.shape[0] for X, _ in batches] == [len(r) for r in BATCH_RANGES] == [10, 10, 3]
+    H_equal = sum(reference.dense_hessian(model, data, r, dtype=F64) / 3 for r in BATCH_RANGES)
     V = probes(op.dim, 3, seed=11)
     for v in V:
         assert rel_err(op.matvec(v), H_exact @ v) <= HVP_RTOL64
@@ -263,7 +265,7 @@ def test_deterministic_loader_equals_in_memory_data():
 def test_per_sample_matvecs_match_dense_per_sample_hessians(name):
     data = subset(images_for(name))
     idx = [0, 3, 22]
-    H_i = dense_per_sample_hessians(tiny_model(name), data.X[idx], data.y[idx])
+    H_i = reference.dense_per_sample_hessians(tiny_model(name), data, idx, dtype=F64)
     ps = operators_for(name, "eval", "forward-over-reverse")["full"].per_sample(chunk_size=2)
     v = probes(ps.dim, 1, seed=12)[0]
     rows = ps.matvecs(v, indices=idx)
@@ -316,7 +318,7 @@ def test_dropout_in_train_mode_is_switched_off_by_the_policy():
     model = build("mlp", 10, hidden=6, dropout=0.5, generator=torch.Generator().manual_seed(2))
     model.train()
     op = HessianOperator.full(model, data, batch_size=BATCH, dtype=F64)  # verify=True passes
-    H = dense_hessian(model, [(data.X, data.y)], [1.0])  # reference in eval mode
+    H = reference.dense_hessian(model, data, dtype=F64)  # reference in eval mode
     v = probes(op.dim, 1, seed=14)[0]
     assert rel_err(op.matvec(v), H @ v) <= HVP_RTOL64
     assert model.training and all(m.training for m in model.modules())
@@ -325,7 +327,7 @@ def test_dropout_in_train_mode_is_switched_off_by_the_policy():
 def test_determinism_check_catches_dropout_when_the_policy_is_bypassed(monkeypatch):
     model = build("mlp", 10, hidden=6, dropout=0.5, generator=torch.Generator().manual_seed(2))
     model.train()
-    monkeypatch.setattr(operators, "_policy_mode", lambda m, p: contextlib.nullcontext())
+    monkeypatch.setattr(hvp, "policy_mode", lambda m, p: contextlib.nullcontext())
     with pytest.raises(DeterminismError, match="stochastic"):
         HessianOperator.full(model, subset(False), batch_size=BATCH, dtype=F64)
 
@@ -428,24 +430,25 @@ def test_auto_falls_back_when_torch_func_cannot_run(monkeypatch):
         HessianOperator.full(
             model, data, batch_size=BATCH, dtype=F64, method="forward-over-reverse"
         )
-    monkeypatch.setattr(operators, "AUTO_ORDER", ("forward-over-reverse", "double-backward"))
+    monkeypatch.setattr(hvp, "AUTO_ORDER", ("forward-over-reverse", "double-backward"))
     op = HessianOperator.full(model, data, batch_size=BATCH, dtype=F64, method="auto")
     assert op.method == "double-backward"
     assert "forward-over-reverse failed" in op.fallback_reason
+    # torch.func (and so nnhessian.reference) refuses the legacy Function too: the exact
+    # reference here is central differences of the gradient, by plain autograd
     f, theta0 = flat_loss(model, [(data.X, data.y)], [1.0])
-    H = torch.autograd.functional.hessian(f, theta0)
     v = probes(op.dim, 1, seed=15)[0]
-    assert rel_err(op.matvec(v), H @ v) <= HVP_RTOL64
+    assert_second_order_agreement(fd_errors(gradient_of(f), theta0, v, op.matvec(v)))
     ps = op.per_sample(chunk_size=4)
     rows = ps.matvecs(v, indices=[2, 5])
     assert ps.mode == "loop"
-    H2 = torch.autograd.functional.hessian(*flat_loss(model, [(data.X[2:3], data.y[2:3])], [1.0]))
-    assert rel_err(rows[0], H2 @ v) <= HVP_RTOL64
+    f2, _ = flat_loss(model, [(data.X[2:3], data.y[2:3])], [1.0])
+    assert_second_order_agreement(fd_errors(gradient_of(f2), theta0, v, rows[0]))
 
 
 def test_auto_uses_the_benchmarked_default_first():
     op = HessianOperator.full(tiny_model("mlp"), subset(False), batch_size=BATCH, dtype=F64)
-    assert op.method == operators.AUTO_ORDER[0] and op.fallback_reason is None
+    assert op.method == hvp.AUTO_ORDER[0] and op.fallback_reason is None
 
 
 # ---- adapters -------------------------------------------------------------------------------
@@ -469,6 +472,8 @@ def test_scipy_linear_operator_adapter():
 
 def test_public_names_importable():
     assert nnhessian.HessianOperator is HessianOperator
+    assert nnhessian.PerSampleHessians is reference.PerSampleHessians
+    assert nnhessian.dense_hessian is reference.dense_hessian
     assert callable(nnhessian.lanczos) and callable(nnhessian.models.build)
 
 

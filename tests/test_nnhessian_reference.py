@@ -1,15 +1,16 @@
-"""Dense reference Hessians for the nnhessian tests, and tests of the references themselves.
+"""nnhessian.reference, the dense ground truth, against exact references of its own; test helpers.
 
-The references never touch nnhessian's HVP code: they build the loss as a function of the flat
-parameter vector of a float64 deep copy of the model and differentiate it densely.
+The reference is checked without nnhessian's HVP code: against the closed-form Hessian of
+softmax regression (full and per sample), against central differences of the gradient of a loss
+built here from a float64 deep copy of the model (:func:`flat_loss`), for its chunk weighting,
+and for leaving the model as it found it. Two strict xfails record the torch bug that makes it
+use plain autograd under BatchNorm batch statistics.
 
-* policy "eval": ``torch.func.hessian`` (forward over reverse, vmapped over the basis);
-* policy "batch-stats": ``torch.autograd.functional.hessian`` (reverse over reverse, a loop over
-  rows). torch.func.hessian is wrong for BatchNorm with batch statistics in torch 2.14 (see the
-  strict xfail below and pytorch/pytorch#196699 on forward-mode BatchNorm derivatives), so the
-  reference there must not use it.
-
-Other test modules import the helpers from here.
+Helpers other test modules import: :func:`flat_loss`, :func:`fd_errors`,
+:func:`assert_second_order_agreement`, :func:`rel_err`, :func:`digits` and the ``single_thread``
+fixture. :func:`dense_hessian` / :func:`dense_per_sample_hessians` here are thin adapters to
+:mod:`nnhessian.reference` with the older batch-list signature, for the test modules that still
+use it (test_nnhessian_lanczos, test_cli_network); new tests call nnhessian.reference directly.
 """
 
 from __future__ import annotations
@@ -23,11 +24,21 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from nnhessian.data import load_digits
-from nnhessian.operators import load_forward_ad
-from tests.tolerances import EPS64, FD_RATIO_RANGE, FD_RTOL, FD_STEPS
+from nnhessian import reference
+from nnhessian.data import InMemoryDataset, load_digits
+from nnhessian.hvp import load_forward_ad
+from nnhessian.models import build
+from tests.tolerances import (
+    DENSE_CLOSED_FORM_RTOL64,
+    DENSE_REORDER_RTOL64,
+    FD_RATIO_RANGE,
+    FD_RTOL,
+    FD_STEPS,
+    HVP_RTOL64,
+)
 
-load_forward_ad()  # torch's forward-AD import warns once (documented in nnhessian.operators)
+load_forward_ad()  # torch's forward-AD import warns once (documented in nnhessian.hvp)
+F64 = torch.float64
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -57,7 +68,10 @@ def reference_model(model: nn.Module, policy: str) -> nn.Module:
 
 
 def flat_loss(model: nn.Module, batches, weights, policy: str = "eval"):
-    """``(f, theta0)``: ``f(theta) = sum_b weights[b] * mean-loss of batch b`` at flat ``theta``."""
+    """``(f, theta0)``: ``f(theta) = sum_b weights[b] * mean-loss of batch b`` at flat ``theta``.
+
+    Built here, independently of nnhessian: the loss whose gradient the central differences use.
+    """
     m = reference_model(model, policy)
     named = [(n, p) for n, p in m.named_parameters() if p.requires_grad]
     names = [n for n, _ in named]
@@ -78,19 +92,27 @@ def flat_loss(model: nn.Module, batches, weights, policy: str = "eval"):
     return f, theta0
 
 
+def gradient_of(f):
+    """``theta -> grad f(theta)`` by one reverse pass (plain autograd)."""
+
+    def grad_at(theta):
+        theta = theta.detach().requires_grad_(True)
+        return torch.autograd.grad(f(theta), theta)[0]
+
+    return grad_at
+
+
 def dense_hessian(model, batches, weights, policy: str = "eval") -> torch.Tensor:
-    """The dense P x P Hessian of ``flat_loss`` (float64)."""
-    f, theta0 = flat_loss(model, batches, weights, policy)
-    if policy == "batch-stats":
-        return torch.autograd.functional.hessian(f, theta0)
-    return torch.func.hessian(f)(theta0)
+    """``sum_b weights[b] H_b`` in float64, each ``H_b`` by nnhessian.reference.dense_hessian."""
+    return sum(
+        w * reference.dense_hessian(model, InMemoryDataset(X, y), policy=policy, dtype=F64)
+        for (X, y), w in zip(batches, weights, strict=True)
+    )
 
 
 def dense_per_sample_hessians(model, X, y) -> torch.Tensor:
-    """``(N, P, P)`` per-sample Hessians ``H_i`` (eval mode), one dense Hessian per sample."""
-    return torch.stack(
-        [dense_hessian(model, [(X[i : i + 1], y[i : i + 1])], [1.0]) for i in range(X.shape[0])]
-    )
+    """``(N, P, P)`` float64 per-sample Hessians of ``(X, y)`` from :mod:`nnhessian.reference`."""
+    return reference.dense_per_sample_hessians(model, InMemoryDataset(X, y), dtype=F64)
 
 
 def fd_errors(grad_at, theta0, v, hv, steps=FD_STEPS) -> list[float]:
@@ -116,73 +138,130 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @functools.cache
 def digits(images: bool):
-    return load_digits(images=images, dtype=torch.float64)
+    return load_digits(images=images, dtype=F64)
 
 
-# ---- tests of the references ----------------------------------------------------------------
+def bn_model() -> nn.Module:
+    """A float32 CNN with BatchNorm and dropout, running statistics moved, left in train mode."""
+    model = build("cnn_bn", 10, width=2, dropout=0.3, generator=torch.Generator().manual_seed(0))
+    model.train()
+    with torch.no_grad():
+        model(digits(True).X[:200].float())
+    return model
 
 
-def test_reference_matches_closed_form_softmax_regression():
-    """Multinomial logistic regression: H = mean_i (diag p_i - p_i p_i^T) kron x_i x_i^T.
+def softmax_regression(N: int = 9, d: int = 4, C: int = 3):
+    """``(model, data, per-sample closed-form Hessians (N, Cd, Cd))`` of multinomial regression.
 
-    Closed form for ``nn.Linear(d, C, bias=False)`` with the weight flattened row-major (class
-    major), so the reference's parameter flattening and loss are both checked.
+    ``nn.Linear(d, C, bias=False)``, weight flattened row-major (class major):
+    ``H_i = (diag p_i - p_i p_i^T) kron x_i x_i^T`` with ``p_i = softmax(W x_i)``.
     """
     g = torch.Generator().manual_seed(3)
-    N, d, C = 9, 4, 3
-    X = torch.randn(N, d, generator=g, dtype=torch.float64)
+    X = torch.randn(N, d, generator=g, dtype=F64)
     y = torch.randint(0, C, (N,), generator=g)
     model = nn.Linear(d, C, bias=False).double()
     with torch.no_grad():
-        model.weight.copy_(torch.randn(C, d, generator=g, dtype=torch.float64))
+        model.weight.copy_(torch.randn(C, d, generator=g, dtype=F64))
     p = torch.softmax(X @ model.weight.detach().T, dim=1)
-    H = (
-        sum(
+    H = torch.stack(
+        [
             torch.kron(torch.diag(p[i]) - torch.outer(p[i], p[i]), torch.outer(X[i], X[i]))
             for i in range(N)
-        )
-        / N
+        ]
     )
-    H_ref = dense_hessian(model, [(X, y)], [1.0])
-    # a few hundred flops per entry in float64
-    assert rel_err(H_ref, H) <= 100 * EPS64
+    return model, InMemoryDataset(X, y, C), H
 
 
-def test_batch_stats_reference_is_symmetric_and_matches_its_gradient():
-    """The reverse-over-reverse reference is symmetric and is the derivative of its gradient."""
-    from nnhessian.models import build
+# ---- tests of the reference -----------------------------------------------------------------
 
+
+def test_reference_matches_closed_form_softmax_regression():
+    """Full-data, fixed-batch and per-sample Hessians equal the closed form: the parameter
+    flattening, the loss, the sample weighting and the chunk weights are all checked."""
+    model, data, H_i = softmax_regression()
+    assert rel_err(reference.dense_hessian(model, data), H_i.mean(0)) <= DENSE_CLOSED_FORM_RTOL64
+    chunked = reference.dense_hessian(model, data, chunk=4, vectors=5)  # chunks 4, 4, 1
+    assert rel_err(chunked, H_i.mean(0)) <= DENSE_CLOSED_FORM_RTOL64
+    idx = [1, 5, 6]
+    H_B = reference.dense_hessian(model, data, idx)
+    assert rel_err(H_B, H_i[idx].mean(0)) <= DENSE_CLOSED_FORM_RTOL64
+    per_sample = reference.dense_per_sample_hessians(model, data, [2, 7])
+    for H, exact in zip(per_sample, H_i[[2, 7]], strict=True):
+        assert rel_err(H, exact) <= DENSE_CLOSED_FORM_RTOL64
+
+
+@pytest.mark.parametrize("policy", ["eval", "batch-stats"])
+def test_reference_is_the_derivative_of_its_gradient(policy):
+    """Conv + BatchNorm + dropout: H v equals central differences of the gradient of a loss built
+    independently here, in both policies (torch.func in eval, plain autograd on batch stats)."""
     data = digits(True)
-    model = build("cnn_bn", 10, width=2, generator=torch.Generator().manual_seed(0))
+    model = bn_model()
     batches = [(data.X[:8], data.y[:8])]
-    H = dense_hessian(model, batches, [1.0], "batch-stats")
-    assert float((H - H.T).abs().max()) <= 1e3 * EPS64 * float(H.abs().max())
-    f, theta0 = flat_loss(model, batches, [1.0], "batch-stats")
-    v = torch.randn(theta0.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-
-    def grad_at(theta):
-        theta = theta.detach().requires_grad_(True)
-        return torch.autograd.grad(f(theta), theta)[0]
-
-    assert_second_order_agreement(fd_errors(grad_at, theta0, v, H @ v))
+    H = reference.dense_hessian(model, data, range(8), policy=policy, dtype=F64)
+    assert H.dtype == F64 and torch.equal(H, H.T)
+    f, theta0 = flat_loss(model, batches, [1.0], policy)
+    v = torch.randn(theta0.shape, generator=torch.Generator().manual_seed(1), dtype=F64)
+    assert_second_order_agreement(fd_errors(gradient_of(f), theta0, v, H @ v))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="torch.func.hessian mishandles BatchNorm batch statistics "
-    "in torch 2.14 (forward-mode through vmapped batch_norm backward); when this "
-    "passes, torch is fixed and the reference may use torch.func again",
-)
-def test_torch_func_hessian_batchnorm_batch_stats_upstream_bug():
+def test_reference_sums_chunks_by_sample_count():
+    """Chunks of 10, 10, 3 give the Hessian of the plain mean (weights n_chunk / n)."""
+    data = digits(False).subset(range(23))
+    model = build("mlp", 10, hidden=6, generator=torch.Generator().manual_seed(1))
+    whole = reference.dense_hessian(model, data, dtype=F64)
+    chunked = reference.dense_hessian(model, data, chunk=10, dtype=F64)
+    assert rel_err(chunked, whole) <= DENSE_REORDER_RTOL64
+    equal_weights = dense_hessian(model, list(data.batches(10)), [1 / 3] * 3)
+    assert rel_err(equal_weights, whole) > 1e6 * DENSE_REORDER_RTOL64  # the weights matter
+
+
+def test_reference_leaves_the_model_as_it_was():
+    """Train/eval flags (mixed), BatchNorm tracking, buffers and dtype survive both policies."""
+    model = bn_model()
+    model.features[1].eval()
+    before = copy.deepcopy(model.state_dict())
+    flags = [(m.training, getattr(m, "track_running_stats", None)) for m in model.modules()]
+    data = digits(True)
+    for policy in ("eval", "batch-stats"):
+        reference.dense_hessian(model, data, range(6), policy=policy, dtype=F64)
+        reference.dense_hessian(model.double(), data, range(6), policy=policy)
+        model.float()
+    assert [(m.training, getattr(m, "track_running_stats", None)) for m in model.modules()] == flags
+    for k, t in model.state_dict().items():
+        assert torch.equal(t, before[k].to(t.dtype)) and t.dtype == before[k].dtype, k
+
+
+def test_reference_rejects_an_unknown_policy():
+    model, data, _ = softmax_regression()
+    with pytest.raises(ValueError, match="unknown policy 'train'"):
+        reference.dense_hessian(model, data, policy="train")
+
+
+def _batchnorm_problem():
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(5, 2, 3, 3, generator=g, dtype=torch.float64)
-    c = torch.randn(5, 2, 3, 3, generator=g, dtype=torch.float64)
+    x = torch.randn(5, 2, 3, 3, generator=g, dtype=F64)
+    c = torch.randn(5, 2, 3, 3, generator=g, dtype=F64)
 
     def f(theta):
         y = F.batch_norm(x * theta[4], None, None, theta[:2], theta[2:4], training=True)
         return (torch.tanh(y) * c).sum()
 
-    theta = torch.randn(5, generator=g, dtype=torch.float64)
-    H_func = torch.func.hessian(f)(theta)
+    return f, torch.randn(5, generator=g, dtype=F64)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="torch.func mishandles BatchNorm batch statistics in torch 2.14 (vmap through the "
+    "batch_norm backward, forward-mode or reverse); when this passes, torch is fixed and the "
+    "reference may use torch.func under policy 'batch-stats' too",
+)
+@pytest.mark.parametrize(
+    "transform",
+    [torch.func.hessian, lambda f: torch.func.jacrev(torch.func.jacrev(f), chunk_size=2)],
+    ids=["hessian", "jacrev-jacrev"],
+)
+def test_torch_func_hessian_batchnorm_batch_stats_upstream_bug(transform):
+    f, theta = _batchnorm_problem()
+    H_func = transform(f)(theta)
     H_loop = torch.autograd.functional.hessian(f, theta)
-    assert rel_err(H_func, H_loop) <= 1e-10
+    assert rel_err(H_func, H_loop) <= HVP_RTOL64

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from nnhessian import reference
 from nnhessian.data import InMemoryDataset
 from nnhessian.models import build
 from nnhessian.operators import HessianOperator
@@ -26,11 +27,7 @@ from nnhessian.sigma2 import (
     sigma2_two_batch,
     two_batch_factor,
 )
-from tests.test_nnhessian_reference import (  # noqa: F401 (single_thread: autouse fixture)
-    dense_per_sample_hessians,
-    digits,
-    single_thread,
-)
+from tests.test_nnhessian_reference import digits, single_thread  # noqa: F401 (autouse)
 from tests.tolerances import EPS64, SIGMA2_PROBE_RTOL64, Z_STAT
 
 F64 = torch.float64
@@ -45,7 +42,7 @@ def problem():
     y = torch.randint(0, 3, (N,), generator=g)
     model = build("mlp", 3, in_features=5, hidden=4, generator=g)
     op = HessianOperator.full(model, InMemoryDataset(X, y), batch_size=5, dtype=F64)
-    H = dense_per_sample_hessians(model, X, y)
+    H = reference.dense_per_sample_hessians(model, InMemoryDataset(X, y), dtype=F64)
     return op, H, exact_sigma2(H)
 
 
@@ -121,7 +118,7 @@ def test_per_sample_on_digits_cnn_with_batchnorm_in_eval_mode():
         model(digits(True).X[:200].float())  # non-trivial running statistics
     op = HessianOperator.full(model, data, batch_size=4, dtype=F64)
     est = sigma2_per_sample(op, probes=2, generator=torch.Generator().manual_seed(4), chunk_size=3)
-    H = dense_per_sample_hessians(model, data.X, data.y)
+    H = reference.dense_per_sample_hessians(model, data, dtype=F64)
     P = op.dim
     for seed, value in zip(est.seeds, est.per_probe, strict=True):
         _, v = probe(seed, P)

@@ -4,11 +4,13 @@ refinement, and their spread over batches against the theory's fluctuation of on
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
 from rmt import theory
 from validation.checks.rows import eps_of, quad, row
+from validation.checks.verdict import NOT_APPLICABLE as NA
 from validation.checks.verdict import spread_verdict
 from validation.network.result import NetworkResult, Spectrum
 
@@ -44,6 +46,71 @@ def free_convolution_extreme(bulk_nodes, bulk_weights, theta: float, t: float, s
     return float(edge), "edge", 0.0
 
 
+@dataclass(frozen=True)
+class _Measured:
+    """The measured extreme of H_B on one side: draw 0's (K = 1) or the mean over K draws."""
+
+    value: float
+    uncertainty: float  # the measurement's: probe SE or Lanczos residual, with rounding
+    draw_se: float  # standard error over the K draws (NaN for K = 1)
+    values: np.ndarray | None  # (K,) the draws' extremes (None for K = 1)
+
+    def draw_term(self, sd: float, K: int) -> float:
+        """The batch-draw fluctuation of the measured value, from the theory's sd of one
+        draw: that sd (K = 1), else the larger of sd / sqrt(K) and the SE over draws."""
+        return sd if K == 1 else max(sd / math.sqrt(K), self.draw_se)
+
+
+def _measured(result: NetworkResult, B: int, side: str, rounding: float) -> _Measured:
+    K = result.config.batch_draws
+    if K == 1:
+        value, se, res = result.batches[B].extreme(side)
+        unc = quad(max(v for v in (se, res, 0.0) if np.isfinite(v)), rounding)
+        return _Measured(value, unc, float("nan"), None)
+    values, errors = result.draw_extremes(B, side)
+    draw_se = float(values.std(ddof=1) / math.sqrt(K))
+    return _Measured(float(values.mean()), quad(float(errors.mean()), rounding), draw_se, values)
+
+
+def _theorem2(lam: float, lam_res: float, result: NetworkResult, B: int, t: float, t_se: float):
+    """Theorem 2's prediction from theta = ``lam``: (value, regime, its standard error from t and
+    theta's residual, the theory's sd of one draw)."""
+    c, P = result.config, result.P
+    pred = theory.theorem2(
+        lam, result.sigma2["per-sample"].estimate, P, result.N, B, factor=c.factor
+    )
+    predicted, regime = float(pred.predicted), str(pred.regime)
+    if regime == "outlier":  # theta + t / theta
+        d_dt, d_dlam = 1.0 / lam, 1.0 - t / lam**2
+        fluct = float(theory.outlier_sd(lam, t, P))
+    else:  # sign(theta) 2 sqrt(t)
+        d_dt, d_dlam = (np.sign(lam) / math.sqrt(t) if t > 0 else 0.0), 0.0
+        fluct = float(theory.edge_scale(t, P)) * theory.TW1_SD
+    return predicted, regime, quad(abs(d_dt) * t_se, abs(d_dlam) * lam_res), fluct
+
+
+def _free_convolution_row(result, side, lam, t, t_se, quantity, m: _Measured):
+    """The spike theta on the rest of the full-data SLQ measure: (row, value, regime)."""
+    z, P = result.config.z_crit, result.P
+    if result.steps < 2:  # one Ritz value per probe: no rest of the measure
+        quantity = f"{quantity} (needs --steps >= 2)"
+        na = row("free-convolution-outlier", quantity, math.nan, m.value, math.nan, "-", z, NA)
+        return na, float("nan"), "-"
+    bulk = without_extreme(result.full, side)
+    fc, fc_regime, overlap = free_convolution_extreme(*bulk, lam, t, side)
+    lo, hi = max(t - t_se, t * 1e-3), t + t_se
+    fc_lo = free_convolution_extreme(*bulk, lam, lo, side)[0]
+    fc_hi = free_convolution_extreme(*bulk, lam, hi, side)[0]
+    fc_se = abs(fc_hi - fc_lo) / (hi - lo) * t_se
+    fc_fluct = (
+        math.sqrt(2.0 * t / P * overlap)
+        if fc_regime == "outlier"
+        else float(theory.edge_scale(t, P)) * theory.TW1_SD
+    )
+    unc = quad(fc_se, m.draw_term(fc_fluct, result.config.batch_draws), m.uncertainty)
+    return row("free-convolution-outlier", quantity, fc, m.value, unc, fc_regime, z), fc, fc_regime
+
+
 def extreme_rows(result: NetworkResult, B: int, t: float, t_se: float):
     """Theorem 2 and its free-convolution refinement for lambda_max and lambda_min of H_B.
 
@@ -59,73 +126,25 @@ def extreme_rows(result: NetworkResult, B: int, t: float, t_se: float):
     measurement term is the mean of the draws' (Lanczos errors are one-sided, so they do not
     average out).
     """
-    c, P, N, z = result.config, result.P, result.N, result.config.z_crit
-    K = c.batch_draws
-    sigma2 = result.sigma2["per-sample"].estimate
+    c, z, K = result.config, result.config.z_crit, result.config.batch_draws
     batch = result.batches[B]
     # rounding floor: HVPs of the batch and of the full data sum in different orders
     scale = max(abs(result.full.extreme("max")[0]), abs(result.full.extreme("min")[0]))
-    rounding = 10.0 * P * eps_of(c.dtype) * scale
+    rounding = 10.0 * result.P * eps_of(c.dtype) * scale
     rows, columns = [], {}
     for side in ("max", "min"):
         lam, _, lam_res = result.full.extreme(side)
-        pred = theory.theorem2(lam, sigma2, P, N, B, factor=c.factor)
-        predicted, regime = float(pred.predicted), str(pred.regime)
-        if regime == "outlier":  # theta + t / theta
-            d_dt, d_dlam = 1.0 / lam, 1.0 - t / lam**2
-            fluct = float(theory.outlier_sd(lam, t, P))
-        else:  # sign(theta) 2 sqrt(t)
-            d_dt, d_dlam = (np.sign(lam) / math.sqrt(t) if t > 0 else 0.0), 0.0
-            fluct = float(theory.edge_scale(t, P)) * theory.TW1_SD
-        pred_se = quad(abs(d_dt) * t_se, abs(d_dlam) * lam_res)
-        if K == 1:
-            measured, meas_se, meas_res = batch.extreme(side)
-            meas_unc = quad(max(v for v in (meas_se, meas_res, 0.0) if np.isfinite(v)), rounding)
-            draw_se = float("nan")
-        else:
-            values, errors = result.draw_extremes(B, side)
-            measured = float(values.mean())
-            draw_se = float(values.std(ddof=1) / math.sqrt(K))
-            meas_unc = quad(float(errors.mean()), rounding)
-
-        def draw_term(sd, draw_se=draw_se):
-            """The batch-draw fluctuation of the measured value, from the theory's sd of one
-            draw: that sd (K = 1), else the larger of sd / sqrt(K) and the SE over draws."""
-            return sd if K == 1 else max(sd / math.sqrt(K), draw_se)
-
+        predicted, regime, pred_se, fluct = _theorem2(lam, lam_res, result, B, t, t_se)
+        m = _measured(result, B, side, rounding)
         quantity = f"lambda_{side} batch B={B}"
-        unc = quad(pred_se, draw_term(fluct), meas_unc)
-        rows.append(row("theorem2", quantity, predicted, measured, unc, regime, z))
+        unc = quad(pred_se, m.draw_term(fluct, K), m.uncertainty)
+        rows.append(row("theorem2", quantity, predicted, m.value, unc, regime, z))
         if K > 1:
-            rows.append(spread_row(values, fluct, f"sd over batches of {quantity}", regime, z))
+            rows.append(spread_row(m.values, fluct, f"sd over batches of {quantity}", regime, z))
         fc, fc_regime = float("nan"), "-"
-        if t > 0 and result.steps < 2:  # one Ritz value per probe: no rest of the measure
-            rows.append(
-                row(
-                    "free-convolution-outlier",
-                    f"{quantity} (needs --steps >= 2)",
-                    fc,
-                    measured,
-                    math.nan,
-                    fc_regime,
-                    z,
-                    verdict="not applicable",
-                )
-            )
-        elif t > 0:  # the spike theta on the rest of the full-data SLQ measure
-            bulk = without_extreme(result.full, side)
-            fc, fc_regime, overlap = free_convolution_extreme(*bulk, lam, t, side)
-            lo, hi = max(t - t_se, t * 1e-3), t + t_se
-            fc_lo = free_convolution_extreme(*bulk, lam, lo, side)[0]
-            fc_hi = free_convolution_extreme(*bulk, lam, hi, side)[0]
-            fc_se = abs(fc_hi - fc_lo) / (hi - lo) * t_se
-            fc_fluct = (
-                math.sqrt(2.0 * t / P * overlap)
-                if fc_regime == "outlier"
-                else float(theory.edge_scale(t, P)) * theory.TW1_SD
-            )
-            unc = quad(fc_se, draw_term(fc_fluct), meas_unc)
-            rows.append(row("free-convolution-outlier", quantity, fc, measured, unc, fc_regime, z))
+        if t > 0:
+            fc_row, fc, fc_regime = _free_convolution_row(result, side, lam, t, t_se, quantity, m)
+            rows.append(fc_row)
         exact = float("nan")
         if batch.exact is not None:
             exact = float(batch.exact[-1] if side == "max" else batch.exact[0])
@@ -137,14 +156,14 @@ def extreme_rows(result: NetworkResult, B: int, t: float, t_se: float):
                 f"predicted_{side}_se": pred_se,
                 f"fc_predicted_{side}": fc,
                 f"fc_regime_{side}": fc_regime,
-                f"measured_{side}": measured,
-                f"measured_{side}_se": meas_unc,
+                f"measured_{side}": m.value,
+                f"measured_{side}_se": m.uncertainty,
                 f"exact_{side}": exact,
             }
         )
         if K > 1:  # measured_* is the mean over draws, its se the draw SE with the Lanczos error
-            columns[f"measured_{side}_se"] = quad(draw_se, meas_unc)
-            columns[f"measured_{side}_draw_se"] = draw_se
+            columns[f"measured_{side}_se"] = quad(m.draw_se, m.uncertainty)
+            columns[f"measured_{side}_draw_se"] = m.draw_se
     if K > 1:
         columns["batch_draws"] = K
     return rows, columns

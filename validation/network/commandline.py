@@ -18,11 +18,11 @@ from validation.network.prepare import (
 )
 from validation.network.stages import run_network
 from validation.network.write import console_report, write_network
+from validation.options import integer, number
 
 
 def add_parser(sub) -> None:
-    from validation.options import integer, number
-
+    """The ``network`` subcommand and its options."""
     d = NetworkConfig()
     p = sub.add_parser(
         "network",
@@ -34,6 +34,13 @@ def add_parser(sub) -> None:
             "torchrun, the full-data passes are sharded over the processes."
         ),
     )
+    _model_and_weights(p, d)
+    _what_to_measure(p, d)
+    _how_to_run(p, d)
+
+
+def _model_and_weights(p, d: NetworkConfig) -> None:
+    """--model, --data and the weights (checkpoints or a short training)."""
     p.add_argument(
         "--model",
         help="mlp, cnn, cnn_bn, vgg16, vgg16bn, preresnet110 (nnhessian.models; default: the "
@@ -82,6 +89,10 @@ def add_parser(sub) -> None:
         default=d.train_epochs,
         help="without --checkpoint: SGD epochs from a seeded init",
     )
+
+
+def _what_to_measure(p, d: NetworkConfig) -> None:
+    """Batch sizes and draws, Lanczos steps and probes, seeds, theory settings."""
     p.add_argument(
         "--batch-sizes", type=integer, nargs="+", default=list(d.batch_sizes), help="values of B"
     )
@@ -106,6 +117,10 @@ def add_parser(sub) -> None:
     p.add_argument("--policy", default=d.policy, help="BatchNorm/dropout: eval or batch-stats")
     p.add_argument("--factor", default=d.factor, help="finite-population factor: exact or paper")
     p.add_argument("--z-crit", type=number, default=d.z_crit, help="|z| above it: disagrees")
+
+
+def _how_to_run(p, d: NetworkConfig) -> None:
+    """Devices, memory, resumable state and output: how to run, not what to measure."""
     p.add_argument(
         "--exact", default=d.exact, help=f"dense exact check: auto (P <= {EXACT_MAX_P:,}), yes, no"
     )

@@ -89,12 +89,12 @@ class NetworkConfig:
     seed: int = 0  # root of every random stream (STREAMS)
     device: str = "auto"  # auto (CUDA when available), cpu, cuda, cuda:N
     dtype: str = "float64"  # float64 for validation; float32 for speed
-    policy: str = "eval"  # BatchNorm/dropout policy (nnhessian.operators)
+    policy: str = "eval"  # BatchNorm/dropout policy (nnhessian.hvp)
     factor: str = "exact"  # finite-population factor of t: exact (N-B)/(B(N-1)) or paper
     z_crit: float = 4.0  # |z| above this is "disagrees" (two-sided Gaussian tail 6e-5)
     exact: str = "auto"  # dense exact check: auto (P <= EXACT_MAX_P), yes, no
     hvp_batch: int = 2048  # samples per chunk of a full-data pass (memory; not the Hessian)
-    # GiB for gradient graphs kept across HVPs (nnhessian.operators, "Graph cache"; 0: none):
+    # GiB for gradient graphs kept across HVPs (nnhessian.hvp, "Graph cache"; 0: none):
     # speed only, the products are bit-identical at any budget
     graph_cache_gb: float = 2.0
     # CPU intra-op threads set by the command line (0: torch's default). The default model's

@@ -197,7 +197,8 @@ def load_weights(config: NetworkConfig, data):
 
     * a training checkpoint (``python -m validation train``): architecture, constructor options
       and epoch from the file via :func:`nnhessian.train_checkpoint.load_checkpoint`, which
-      refuses another architecture than ``--model`` and another class count than the data's (one line);
+      refuses another architecture than ``--model`` and another class count than the data's
+      (one line);
     * any other ``torch.save`` file: a state_dict for the model built from ``--model`` /
       ``--width`` (:func:`nnhessian.weights.load_state_dict_file`);
     * no checkpoint: the seeded initialisation (trained later by :func:`weights_on_the_spot`).
@@ -419,7 +420,7 @@ def prepare(
 
     import torch
 
-    from nnhessian.operators import has_batchnorm
+    from nnhessian.hvp import has_batchnorm
 
     notes = []
     data = load_data(config, download=download, data=data)

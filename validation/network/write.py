@@ -11,11 +11,8 @@ from validation.network.result import NetworkResult
 
 def write_network(result: NetworkResult, tables: Tables, out, *, started, wall_seconds) -> None:
     """Write tables, figures and ``results.json`` (with provenance) into ``out``, atomically."""
-    from reports import figures
-    from validation.store import provenance, result_folder
+    from validation.store import result_folder
 
-    config = result.config
-    sizes = sorted(result.batches)
     with result_folder(out) as w:
         w.csv("summary.csv", tables.summary)
         w.csv("ritz.csv", tables.ritz)
@@ -23,88 +20,102 @@ def write_network(result: NetworkResult, tables: Tables, out, *, started, wall_s
         w.csv("sigma2.csv", tables.sigma2)
         w.csv("sweep.csv", tables.sweep)
         w.csv("batch_draws.csv", tables.batch_draws)
-
-        fig, axes = figures.new_figure(len(sizes), width=4.5)
-        for ax, B in zip(axes, sizes, strict=True):
-            figures.ritz_full_vs_batch(ax, tables.ritz, B=B)
-        w.figure("ritz_full_vs_batch.png", fig)
-
-        fig, axes = figures.new_figure(len(sizes), width=4.5)
-        for ax, B in zip(axes, sizes, strict=True):
-            figures.batch_density(ax, tables.density, B=B)
-        w.figure("density.png", fig)
-
-        fig, axes = figures.new_figure(len(sizes), width=4.5)
-        for ax, B in zip(axes, sizes, strict=True):
-            t = float(tables.sweep.loc[tables.sweep.B == B, "t"].iloc[0])
-            figures.noise_spectrum(ax, tables.density, B=B, t=t)
-        w.figure("noise_spectrum.png", fig)
-
-        fig, (ax,) = figures.new_figure()
-        figures.batch_sweep(ax, tables.sweep)
-        w.figure("batch_sweep.png", fig)
-
+        _figures(w, tables, sorted(result.batches))
+        files = sorted(w.files + ["results.json"])
         w.json(
             "results.json",
-            {
-                "kind": "network",
-                "provenance": provenance(
-                    config, started=started, wall_seconds=wall_seconds, device=result.device
-                ),
-                "model": config.model,
-                "data": config.data,
-                "P": result.P,
-                "N": result.N,
-                "epoch": result.epoch,
-                "weights": result.weights,
-                "data_identity": result.data_identity,
-                "distributed": {"world_size": result.world_size, "backend": result.backend},
-                "state_dir": result.state_dir,
-                "batch_sizes": sizes,
-                "sigma2": {
-                    name: {
-                        "value": e.estimate,
-                        "ci_low": e.ci_low,
-                        "ci_high": e.ci_high,
-                        "probes": e.probes,
-                    }
-                    for name, e in result.sigma2.items()
-                },
-                "sigma2_details": {
-                    name: {
-                        "standard_error": e.standard_error,
-                        "confidence": e.confidence,
-                        "batch_size": e.B,
-                        "factor": e.factor,
-                        "convention": e.convention,
-                    }
-                    for name, e in result.sigma2.items()
-                },
-                "batch_indices": {str(B): idx for B, idx in result.batch_indices.items()},
-                "batch_draws": config.batch_draws,
-                # draws 1..K-1: per probe ||N_B q||^2, q as SLQ's probes (tr(N^2)/P estimates)
-                "noise_second_moment_draws": {
-                    str(B): [m.tolist() for m in draws]
-                    for B, draws in result.extra_noise_m2.items()
-                },
-                "batch_draw_indices": {  # every draw, draw 0 first (= batch_indices)
-                    str(B): [idx, *result.extra_indices.get(B, [])]
-                    for B, idx in result.batch_indices.items()
-                },
-                "steps": result.steps,
-                "probes": config.probes,
-                "hvp_method": result.hvp_method,
-                "graph_cache": result.graph_cache,
-                "exact_check": result.full.exact is not None,
-                "training": result.training,
-                "verdicts": tables.summary["verdict"].value_counts().to_dict(),
-                "assumption3": {str(B): v for B, v in tables.assumption3.items()},
-                "sweep_law": tables.sweep_law,
-                "notes": list(result.notes),
-                "timings_seconds": {k: round(v, 3) for k, v in result.timings.items()},
-                "files": sorted(w.files + ["results.json"]),
-            },
+            results_record(result, tables, files, started=started, wall_seconds=wall_seconds),
         )
+
+
+def _figures(w, tables: Tables, sizes) -> None:
+    """Ritz values, densities and noise spectra per B, and the batch-size sweep."""
+    from reports import figures
+
+    fig, axes = figures.new_figure(len(sizes), width=4.5)
+    for ax, B in zip(axes, sizes, strict=True):
+        figures.ritz_full_vs_batch(ax, tables.ritz, B=B)
+    w.figure("ritz_full_vs_batch.png", fig)
+
+    fig, axes = figures.new_figure(len(sizes), width=4.5)
+    for ax, B in zip(axes, sizes, strict=True):
+        figures.batch_density(ax, tables.density, B=B)
+    w.figure("density.png", fig)
+
+    fig, axes = figures.new_figure(len(sizes), width=4.5)
+    for ax, B in zip(axes, sizes, strict=True):
+        t = float(tables.sweep.loc[tables.sweep.B == B, "t"].iloc[0])
+        figures.noise_spectrum(ax, tables.density, B=B, t=t)
+    w.figure("noise_spectrum.png", fig)
+
+    fig, (ax,) = figures.new_figure()
+    figures.batch_sweep(ax, tables.sweep)
+    w.figure("batch_sweep.png", fig)
+
+
+def results_record(result: NetworkResult, tables: Tables, files, *, started, wall_seconds) -> dict:
+    """``results.json``: provenance, the raw settings and numbers a report needs, the files."""
+    from validation.store import provenance
+
+    config = result.config
+    sizes = sorted(result.batches)
+    return {
+        "kind": "network",
+        "provenance": provenance(
+            config, started=started, wall_seconds=wall_seconds, device=result.device
+        ),
+        "model": config.model,
+        "data": config.data,
+        "P": result.P,
+        "N": result.N,
+        "epoch": result.epoch,
+        "weights": result.weights,
+        "data_identity": result.data_identity,
+        "distributed": {"world_size": result.world_size, "backend": result.backend},
+        "state_dir": result.state_dir,
+        "batch_sizes": sizes,
+        "sigma2": {
+            name: {
+                "value": e.estimate,
+                "ci_low": e.ci_low,
+                "ci_high": e.ci_high,
+                "probes": e.probes,
+            }
+            for name, e in result.sigma2.items()
+        },
+        "sigma2_details": {
+            name: {
+                "standard_error": e.standard_error,
+                "confidence": e.confidence,
+                "batch_size": e.B,
+                "factor": e.factor,
+                "convention": e.convention,
+            }
+            for name, e in result.sigma2.items()
+        },
+        "batch_indices": {str(B): idx for B, idx in result.batch_indices.items()},
+        "batch_draws": config.batch_draws,
+        # draws 1..K-1: per probe ||N_B q||^2, q as SLQ's probes (tr(N^2)/P estimates)
+        "noise_second_moment_draws": {
+            str(B): [m.tolist() for m in draws] for B, draws in result.extra_noise_m2.items()
+        },
+        "batch_draw_indices": {  # every draw, draw 0 first (= batch_indices)
+            str(B): [idx, *result.extra_indices.get(B, [])]
+            for B, idx in result.batch_indices.items()
+        },
+        "steps": result.steps,
+        "probes": config.probes,
+        "hvp_method": result.hvp_method,
+        "graph_cache": result.graph_cache,
+        "exact_check": result.full.exact is not None,
+        "training": result.training,
+        "verdicts": tables.summary["verdict"].value_counts().to_dict(),
+        "assumption3": {str(B): v for B, v in tables.assumption3.items()},
+        "sweep_law": tables.sweep_law,
+        "notes": list(result.notes),
+        "timings_seconds": {k: round(v, 3) for k, v in result.timings.items()},
+        "files": files,
+    }
 
 
 def console_report(result: NetworkResult, tables: Tables) -> list[str]:
