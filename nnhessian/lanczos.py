@@ -203,21 +203,7 @@ def lanczos(
     eps = float(torch.finfo(dtype).eps)
     if breakdown_rtol is None:
         breakdown_rtol = 10.0 * math.sqrt(dim) * eps
-    g = None
-    q0 = None
-    if v0 is None:
-        if generator is None:
-            raise ValueError("pass generator= (a torch.Generator) or a starting vector v0=")
-        g = _generator(generator)
-    else:
-        v0 = torch.as_tensor(v0)
-        if v0.ndim != 1 or v0.shape[0] != dim:
-            raise ValueError(f"v0 must be a 1-D tensor of length {dim}, got {tuple(v0.shape)}")
-        v0 = v0.to(device=device, dtype=torch.float64)
-        nrm = float(torch.linalg.vector_norm(v0))
-        if not np.isfinite(nrm) or nrm == 0.0:
-            raise ValueError("v0 must be finite and nonzero")
-        q0 = (v0 / nrm).to(dtype)
+    g, q0 = _start(generator, v0, dim, dtype, device)
 
     run = _LanczosRun(op, steps, float(breakdown_rtol))
     store = payload = basis = None
@@ -252,6 +238,22 @@ def lanczos(
         )
     run.run(progress=progress, checkpoint=checkpoint, desc="Lanczos")
     return run.result(keep_basis=keep_basis)
+
+
+def _start(generator, v0, dim: int, dtype, device):
+    """``(generator, None)`` to draw the start from, or ``(None, v0 normalised)``."""
+    if v0 is None:
+        if generator is None:
+            raise ValueError("pass generator= (a torch.Generator) or a starting vector v0=")
+        return _generator(generator), None
+    v0 = torch.as_tensor(v0)
+    if v0.ndim != 1 or v0.shape[0] != dim:
+        raise ValueError(f"v0 must be a 1-D tensor of length {dim}, got {tuple(v0.shape)}")
+    v0 = v0.to(device=device, dtype=torch.float64)
+    nrm = float(torch.linalg.vector_norm(v0))
+    if not np.isfinite(nrm) or nrm == 0.0:
+        raise ValueError("v0 must be finite and nonzero")
+    return None, (v0 / nrm).to(dtype)
 
 
 class _LanczosRun:
@@ -560,6 +562,12 @@ def slq(
         run.run(progress=progress, checkpoint=checkpoint, desc=f"Lanczos probe {p + 1}/{probes}")
         finished.append(run.state())
         runs.append(run.result(keep_basis=False))
+    return _slq_result(runs, steps=steps, distribution=distribution, seeds=seeds, dim=dim)
+
+
+def _slq_result(runs, *, steps: int, distribution: str, seeds, dim: int) -> SLQResult:
+    """The probes' Lanczos runs as one SLQResult (NaN / 0 padding after a breakdown)."""
+    probes = len(runs)
     nodes = np.full((probes, steps), np.nan)
     weights = np.zeros((probes, steps))
     resid = np.full((probes, steps), np.nan)

@@ -185,11 +185,6 @@ class HessianOperator:
         if verify:
             self.check_determinism()
 
-    @property
-    def _engine(self) -> HVPEngine:
-        """Old name of :attr:`engine`, kept until tests/test_nnhessian_resume.py uses ``engine``."""
-        return self.engine
-
     # -- constructors -----------------------------------------------------------------------
     @classmethod
     def full(

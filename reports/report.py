@@ -232,116 +232,142 @@ def _synthetic_section(runs: list[Run]) -> list:
             )
         )
         level = 4 if len(runs) > 1 else 3
-        blocks.append(Heading(level, "BBP transition"))
-        blocks += _figure(
-            run,
-            "bbp_transition.png",
-            "Largest eigenvalue against the spike size across the BBP threshold sqrt(t); "
-            "Theorem 2 in red, Monte-Carlo mean +- sd in blue.",
+        for part in (_bbp_blocks, _spectrum_blocks, _weyl_blocks, _extremes_blocks):
+            blocks += part(run, level)
+        blocks.append(_tidy_table(run, caption="Comparisons (tidy rows)"))
+    return blocks
+
+
+def _bbp_blocks(run: Run, level: int) -> list:
+    """The BBP transition: figure and sweep table."""
+    blocks = []
+    blocks.append(Heading(level, "BBP transition"))
+    blocks += _figure(
+        run,
+        "bbp_transition.png",
+        "Largest eigenvalue against the spike size across the BBP threshold sqrt(t); "
+        "Theorem 2 in red, Monte-Carlo mean +- sd in blue.",
+    )
+    sweep = run.table("bbp_sweep.csv")
+    if sweep is None:
+        blocks.append(_missing_note(run, "bbp_sweep.csv"))
+    else:
+        sweep = sweep.assign(spike_over_sqrt_t=sweep["spike"] / np.sqrt(sweep["t"]))
+        blocks.append(
+            Table(
+                _columns(
+                    sweep,
+                    [
+                        "P",
+                        "t",
+                        "spike",
+                        "spike_over_sqrt_t",
+                        "regime",
+                        "predicted_mean",
+                        "measured_mean",
+                        "measured_se",
+                        "z_score",
+                    ],
+                ),  # fmt: skip
+                caption="Top eigenvalue across the transition (verdicts in the tidy rows below)",
+            )
         )
-        sweep = run.table("bbp_sweep.csv")
-        if sweep is None:
-            blocks.append(_missing_note(run, "bbp_sweep.csv"))
-        else:
-            sweep = sweep.assign(spike_over_sqrt_t=sweep["spike"] / np.sqrt(sweep["t"]))
+    return blocks
+
+
+def _spectrum_blocks(run: Run, level: int) -> list:
+    """One draw against the semicircle and a bulk against the free convolution."""
+    blocks = []
+    blocks.append(Heading(level, "Spectrum against the semicircle and the free convolution"))
+    blocks += _figure(
+        run,
+        "spectrum_histogram.png",
+        "Left: one draw of low rank + GOE against the semicircle, predicted outliers dashed. "
+        "Right: a matrix with a bulk (two atoms) plus GOE against the free additive "
+        "convolution with the semicircle.",
+    )
+    free = run.table("free_convolution.csv")
+    if free is None:
+        blocks.append(_missing_note(run, "free_convolution.csv"))
+    else:
+        blocks.append(
+            Paragraph(
+                "Wasserstein-1 distance between the empirical spectrum and the free "
+                "convolution, with the distance between two independent draws as the "
+                "Monte-Carlo reference (the 'uncertainty')."
+            )
+        )
+        blocks.append(Table(free, caption="Free convolution"))
+    return blocks
+
+
+def _weyl_blocks(run: Run, level: int) -> list:
+    """Both Weyl bounds over the draws."""
+    blocks = []
+    blocks.append(Heading(level, "Weyl bounds"))
+    blocks += _figure(
+        run,
+        "weyl_slack.png",
+        "Per draw: the largest eigenvalue shift against ||W||_2 (Weyl, exact) and against the "
+        "paper's eq. 7 expression.",
+    )
+    weyl = run.results.get("weyl")
+    if isinstance(weyl, list) and weyl:
+        blocks.append(
+            Table(pd.DataFrame(weyl), caption="Fraction of draws within each bound, per grid")
+        )
+    elif run.table("weyl.csv") is None:
+        blocks.append(_missing_note(run, "weyl.csv"))
+    return blocks
+
+
+def _extremes_blocks(run: Run, level: int) -> list:
+    """Extreme eigenvalues and eigenvector overlaps against Theorem 2."""
+    blocks = []
+    blocks.append(Heading(level, "Extreme eigenvalues: Theorem 2 outliers, Tracy-Widom edge"))
+    extremes = run.table("extremes.csv")
+    if extremes is None:
+        blocks.append(_missing_note(run, "extremes.csv"))
+    else:
+        blocks.append(
+            Paragraph(
+                "Outliers are compared with theta + t/theta (Gaussian fluctuation); "
+                "eigenvalues at the edge with 2 sqrt(t) + sqrt(t) P^(-2/3) E[TW_1] "
+                "(Tracy-Widom, beta = 1). 'predicted' is the limit, 'predicted_mean' the "
+                "finite-P mean the z-score uses."
+            )
+        )
+        cols = [
+            "P", "t", "spikes", "side", "index", "spike", "regime", "predicted",
+            "predicted_mean", "predicted_sd", "measured_mean", "measured_sd", "measured_se",
+            "z_score",
+        ]  # fmt: skip
+        for regime, caption in (("outlier", "Outliers"), ("edge", "Tracy-Widom edge")):
+            part = extremes[extremes["regime"] == regime]
+            if len(part):
+                blocks.append(Table(_columns(part, cols), caption=caption))
+        overlap = extremes[np.isfinite(extremes["overlap_measured"].astype(float))]
+        if len(overlap):
             blocks.append(
                 Table(
                     _columns(
-                        sweep,
+                        overlap,
                         [
                             "P",
                             "t",
+                            "spikes",
+                            "side",
+                            "index",
                             "spike",
-                            "spike_over_sqrt_t",
                             "regime",
-                            "predicted_mean",
-                            "measured_mean",
-                            "measured_se",
-                            "z_score",
+                            "overlap_predicted",
+                            "overlap_measured",
+                            "overlap_se",
                         ],
                     ),  # fmt: skip
-                    caption="Top eigenvalue across the transition (verdicts in the tidy rows below)",
+                    caption="Squared eigenvector overlaps (1 - t/theta^2 above threshold)",
                 )
             )
-        blocks.append(Heading(level, "Spectrum against the semicircle and the free convolution"))
-        blocks += _figure(
-            run,
-            "spectrum_histogram.png",
-            "Left: one draw of low rank + GOE against the semicircle, predicted outliers dashed. "
-            "Right: a matrix with a bulk (two atoms) plus GOE against the free additive "
-            "convolution with the semicircle.",
-        )
-        free = run.table("free_convolution.csv")
-        if free is None:
-            blocks.append(_missing_note(run, "free_convolution.csv"))
-        else:
-            blocks.append(
-                Paragraph(
-                    "Wasserstein-1 distance between the empirical spectrum and the free "
-                    "convolution, with the distance between two independent draws as the "
-                    "Monte-Carlo reference (the 'uncertainty')."
-                )
-            )
-            blocks.append(Table(free, caption="Free convolution"))
-        blocks.append(Heading(level, "Weyl bounds"))
-        blocks += _figure(
-            run,
-            "weyl_slack.png",
-            "Per draw: the largest eigenvalue shift against ||W||_2 (Weyl, exact) and against the "
-            "paper's eq. 7 expression.",
-        )
-        weyl = run.results.get("weyl")
-        if isinstance(weyl, list) and weyl:
-            blocks.append(
-                Table(pd.DataFrame(weyl), caption="Fraction of draws within each bound, per grid")
-            )
-        elif run.table("weyl.csv") is None:
-            blocks.append(_missing_note(run, "weyl.csv"))
-        blocks.append(Heading(level, "Extreme eigenvalues: Theorem 2 outliers, Tracy-Widom edge"))
-        extremes = run.table("extremes.csv")
-        if extremes is None:
-            blocks.append(_missing_note(run, "extremes.csv"))
-        else:
-            blocks.append(
-                Paragraph(
-                    "Outliers are compared with theta + t/theta (Gaussian fluctuation); "
-                    "eigenvalues at the edge with 2 sqrt(t) + sqrt(t) P^(-2/3) E[TW_1] "
-                    "(Tracy-Widom, beta = 1). 'predicted' is the limit, 'predicted_mean' the "
-                    "finite-P mean the z-score uses."
-                )
-            )
-            cols = [
-                "P", "t", "spikes", "side", "index", "spike", "regime", "predicted",
-                "predicted_mean", "predicted_sd", "measured_mean", "measured_sd", "measured_se",
-                "z_score",
-            ]  # fmt: skip
-            for regime, caption in (("outlier", "Outliers"), ("edge", "Tracy-Widom edge")):
-                part = extremes[extremes["regime"] == regime]
-                if len(part):
-                    blocks.append(Table(_columns(part, cols), caption=caption))
-            overlap = extremes[np.isfinite(extremes["overlap_measured"].astype(float))]
-            if len(overlap):
-                blocks.append(
-                    Table(
-                        _columns(
-                            overlap,
-                            [
-                                "P",
-                                "t",
-                                "spikes",
-                                "side",
-                                "index",
-                                "spike",
-                                "regime",
-                                "overlap_predicted",
-                                "overlap_measured",
-                                "overlap_se",
-                            ],
-                        ),  # fmt: skip
-                        caption="Squared eigenvector overlaps (1 - t/theta^2 above threshold)",
-                    )
-                )
-        blocks.append(_tidy_table(run, caption="Comparisons (tidy rows)"))
     return blocks
 
 

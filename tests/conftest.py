@@ -1,4 +1,8 @@
-"""Test configuration: hypothesis profiles and markers that skip without their means."""
+"""Test configuration: hypothesis profiles, markers that skip without their means, shared fixtures.
+
+Plain helper functions shared by test modules are in ``tests/helpers.py``; no test module imports
+another.
+"""
 
 import os
 
@@ -14,6 +18,22 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One intra-op torch thread while a module's tests run, restored after.
+
+    The test problems are tiny (P ~ 500, N ~ 23): threads only add synchronisation, and on a
+    loaded 2-core machine OpenMP spin-waiting made products 10-30x slower. Not autouse: the
+    torch modules that want it say ``pytestmark = pytest.mark.usefixtures("single_thread")``.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _cuda_available() -> bool:

@@ -3,7 +3,7 @@
 The toy run: a 64-2-10 tanh MLP (P = 160) on the first 120 digits, weights from a checkpoint
 written here, Lanczos steps capped at P (so every extreme is exact), batches B = 8 and 30. The
 references never use the files' own numbers: dense Hessians of the checkpoint's weights by
-``torch.func.hessian`` (tests/test_nnhessian_reference.py), exact sigma^2 from dense per-sample
+:mod:`nnhessian.reference` (tests/test_nnhessian_reference.py), exact sigma^2 from dense per-sample
 Hessians, Theorem 2 and the free convolution recomputed from ``rmt``.
 """
 
@@ -18,16 +18,13 @@ import pandas as pd
 import pytest
 import torch
 
+from nnhessian import reference
 from nnhessian.data import load_digits
 from nnhessian.models import build
 from reports.schema import TIDY_COLUMNS, VERDICTS
 from rmt import spectra, theory
 from rmt.freeconv import free_convolution_density
-from tests.test_nnhessian_reference import (  # noqa: F401 (single_thread: autouse fixture)
-    dense_hessian,
-    dense_per_sample_hessians,
-    single_thread,
-)
+from tests.helpers import F64, assert_refused, digits, exact_sigma2
 from tests.tolerances import (
     HVP_RTOL64,
     NETWORK_WEIGHT_SUM_ATOL,
@@ -41,6 +38,7 @@ from validation.checks.network_extremes import spread_row
 from validation.cli import main
 from validation.network.config import DENSITY_CURVES, stream_generator
 
+pytestmark = pytest.mark.usefixtures("single_thread")
 N_TOY, WIDTH, SIZES = 120, 2, (8, 30)
 FILES = {
     "results.json", "summary.csv", "ritz.csv", "density.csv", "sigma2.csv", "sweep.csv",
@@ -53,6 +51,11 @@ def toy_model(hidden=WIDTH, seed=3):
     return build(
         "mlp", 10, in_features=64, hidden=(hidden,), generator=torch.Generator().manual_seed(seed)
     )
+
+
+def toy_data():
+    """The run's data: the first N_TOY digits images (float64)."""
+    return digits(True).subset(range(N_TOY))
 
 
 def toy_args(out, checkpoint, *extra):
@@ -90,23 +93,15 @@ def toy_run(tmp_path_factory, checkpoint):
 def exact(toy_run):
     """Dense reference Hessians of the checkpoint's weights, independent of the run."""
     results = json.loads((toy_run / "results.json").read_text())
-    data = load_digits(images=True, dtype=torch.float64)
-    X, y = data.X[:N_TOY], data.y[:N_TOY]
+    data = toy_data()
     model = toy_model()
-    H = dense_hessian(model, [(X, y)], [1.0])
-    per_sample = dense_per_sample_hessians(model, X, y)
-    D = per_sample - per_sample.mean(0)
-    P = H.shape[0]
+    H = reference.dense_hessian(model, data, dtype=F64)
     batches = {}
     for B in SIZES:
-        idx = torch.as_tensor(results["batch_indices"][str(B)])
-        batches[B] = dense_hessian(model, [(X[idx], y[idx])], [1.0])
-    return {
-        "H": H,
-        "batches": batches,
-        "sigma2": float((D**2).sum()) / (N_TOY * P * P),
-        "results": results,
-    }
+        idx = results["batch_indices"][str(B)]
+        batches[B] = reference.dense_hessian(model, data, idx, dtype=F64)
+    sigma2 = exact_sigma2(reference.dense_per_sample_hessians(model, data, dtype=F64))
+    return {"H": H, "batches": batches, "sigma2": sigma2, "results": results}
 
 
 def test_files_schema_and_provenance(toy_run):
@@ -202,8 +197,7 @@ def test_batch_draws_match_exact_eigenvalues_and_make_the_sweep(toy_run, draws_r
     sweep = pd.read_csv(draws_run / "sweep.csv").set_index("B")
     single = pd.read_csv(toy_run / "sweep.csv").set_index("B")
     summary = pd.read_csv(draws_run / "summary.csv")
-    data = load_digits(images=True, dtype=torch.float64)
-    X, y = data.X[:N_TOY], data.y[:N_TOY]
+    data = toy_data()
     model = toy_model()
     P = exact["H"].shape[0]
     for B in SIZES:
@@ -215,7 +209,7 @@ def test_batch_draws_match_exact_eigenvalues_and_make_the_sweep(toy_run, draws_r
         assert list(rows.draw) == list(range(DRAWS))
         for idx, row in zip(drawn, rows.itertuples(), strict=True):
             assert len(set(idx)) == B and all(0 <= i < N_TOY for i in idx)  # no replacement
-            ev = torch.linalg.eigvalsh(dense_hessian(model, [(X[idx], y[idx])], [1.0])).numpy()
+            ev = torch.linalg.eigvalsh(reference.dense_hessian(model, data, idx, dtype=F64)).numpy()
             atol = network_eig_atol(np.abs(ev).max(), P)  # steps = P: every extreme is exact
             assert abs(row.lambda_max - ev[-1]) <= atol, (B, row.draw)
             assert abs(row.lambda_min - ev[0]) <= atol, (B, row.draw)
@@ -250,8 +244,7 @@ def test_noise_variance_row_is_the_mean_over_draws_of_tr_n2(toy_run, draws_run, 
     sweep = pd.read_csv(draws_run / "sweep.csv").set_index("B")
     summary = pd.read_csv(draws_run / "summary.csv")
     summary1 = pd.read_csv(toy_run / "summary.csv")
-    data = load_digits(images=True, dtype=torch.float64)
-    X, y = data.X[:N_TOY], data.y[:N_TOY]
+    data = toy_data()
     model, H = toy_model(), exact["H"]
     for B in SIZES:
         stored = results["noise_second_moment_draws"][str(B)]
@@ -259,7 +252,7 @@ def test_noise_variance_row_is_the_mean_over_draws_of_tr_n2(toy_run, draws_run, 
         means = [single.loc[B, "noise_m2"]]
         for draw, values in enumerate(stored, start=1):
             idx = results["batch_draw_indices"][str(B)][draw]
-            HB = dense_hessian(model, [(X[idx], y[idx])], [1.0])
+            HB = reference.dense_hessian(model, data, idx, dtype=F64)
             g = stream_generator(0, "noise m2", B, draw)
             ref = second_moments(MatrixOperator(HB - H), 3, generator=g)
             # each product carries <= HVP_RTOL64 (||H_B q|| + ||H q||) <= HVP_RTOL64 (||H_B|| +
@@ -460,31 +453,20 @@ BAD = [
 ]
 
 
-def _assert_refused(tmp_path, capsys, argv, message, out):
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert message in err
-    assert err.count("\n") == 1 and err.startswith("error: ")
-    assert not out.exists()
-    assert not list(out.parent.glob(".network.partial-*"))
-
-
 @pytest.mark.parametrize(("args", "message"), BAD)
 def test_bad_input_is_one_line_exit_2_nothing_written(
     tmp_path, capsys, bad_checkpoints, args, message
 ):
     out = tmp_path / "network"
     args = [a.replace("{bad}", str(bad_checkpoints)) for a in args]
-    _assert_refused(
-        tmp_path, capsys, ["network", *args, "--out", str(out), "--quiet"], message, out
-    )
+    assert_refused(capsys, ["network", *args, "--out", str(out), "--quiet"], message, out)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present here")
 def test_cuda_without_cuda_is_refused(tmp_path, capsys):
     out = tmp_path / "network"
     argv = ["network", "--device", "cuda", "--out", str(out), "--quiet"]
-    _assert_refused(tmp_path, capsys, argv, "CUDA is not available", out)
+    assert_refused(capsys, argv, "CUDA is not available", out)
 
 
 def test_model_data_shape_mismatch_is_refused(tmp_path, capsys, monkeypatch):
@@ -496,7 +478,7 @@ def test_model_data_shape_mismatch_is_refused(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(datasets.DATASETS, "digits", flat_digits)
     out = tmp_path / "network"
     argv = ["network", "--model", "cnn", "--out", str(out), "--quiet"]
-    _assert_refused(tmp_path, capsys, argv, "model 'cnn' does not fit data 'digits'", out)
+    assert_refused(capsys, argv, "model 'cnn' does not fit data 'digits'", out)
 
 
 def test_module_imports_neither_torch_nor_matplotlib():

@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,26 +30,13 @@ from nnhessian.cifar import load_cifar100, write_miniature_cifar100
 from nnhessian.distributed import DistContext
 from nnhessian.operators import HessianOperator
 from nnhessian.train_checkpoint import list_checkpoints
-from tests.test_nnhessian_reference import single_thread  # noqa: F401 (autouse fixture)
+from tests.helpers import assert_refused, free_port, run_cli
 from tests.tolerances import SIGMA2_PROBE_RTOL64, lanczos_reorder_atol
-from validation.cli import main
 from validation.network import commandline, epochs
 
+pytestmark = pytest.mark.usefixtures("single_thread")
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = (1, 2, 3)
-
-
-def run_cli(argv) -> int:
-    return main([str(a) for a in argv])
-
-
-def _assert_refused(capsys, argv, message, out):
-    assert run_cli(argv) == 2
-    err = capsys.readouterr().err
-    assert message in err, err
-    assert err.count("\n") == 1 and err.startswith("error: ")
-    assert not out.exists()
-    assert not list(out.parent.glob(f".{out.name}.partial-*"))
 
 
 # ---- fixtures: a miniature CIFAR-100 folder and a folder of training checkpoints --------------
@@ -273,12 +259,12 @@ def test_state_of_another_configuration_or_corrupt_is_refused(tmp_path, capsys):
     capsys.readouterr()
     out = tmp_path / "second"
     changed = [*small, "--steps", 6, "--state-dir", state, "--out", out]
-    _assert_refused(capsys, ["network", *changed], "belongs to another run configuration", out)
+    assert_refused(capsys, ["network", *changed], "belongs to another run configuration", out)
     other_seed = [*small, "--seed", 1, "--state-dir", state, "--out", out]
-    _assert_refused(capsys, ["network", *other_seed], "another run configuration", out)
+    assert_refused(capsys, ["network", *other_seed], "another run configuration", out)
     (state / "slq-full" / "state.pt").write_bytes(b"truncated")
     again = [*small, "--state-dir", state, "--out", out]
-    _assert_refused(capsys, ["network", *again], "cannot be read", out)
+    assert_refused(capsys, ["network", *again], "cannot be read", out)
 
 
 # ---- torch.distributed ----------------------------------------------------------------------
@@ -288,19 +274,13 @@ DIST_ARGS = ["--samples", 60, "--width", 2, "--train-epochs", 1, "--batch-sizes"
              "--quiet"]  # fmt: skip
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.distributed
 @pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()), reason="torch.distributed with gloo"
 )
 def test_two_gloo_processes_match_the_single_process_run(tmp_path):
     out = tmp_path / "two"
-    port = _free_port()
+    port = free_port()
     procs = []
     for rank in range(2):
         env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
@@ -368,7 +348,7 @@ def test_world_larger_than_the_data_is_refused(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(commandline, "init_context", lambda config: fake)
     out = tmp_path / "network"
     argv = ["network", "--samples", 2, "--batch-sizes", 2, "--out", out, "--quiet"]
-    _assert_refused(capsys, argv, "world size 3 exceeds the data set size N = 2", out)
+    assert_refused(capsys, argv, "world size 3 exceeds the data set size N = 2", out)
 
 
 @pytest.fixture(scope="module")
@@ -429,7 +409,7 @@ def test_bad_input_is_one_line_exit_2_nothing_written(
             a = a.replace(key, value)
         argv.append(a)
     out = tmp_path / "network"
-    _assert_refused(capsys, ["network", *argv, "--out", out, "--quiet"], message, out)
+    assert_refused(capsys, ["network", *argv, "--out", out, "--quiet"], message, out)
 
 
 def test_under_torchrun_only_rank_0_reports_bad_input(tmp_path, capsys, monkeypatch):
@@ -443,4 +423,4 @@ def test_under_torchrun_only_rank_0_reports_bad_input(tmp_path, capsys, monkeypa
     # a launch problem may differ by rank: every rank says it
     monkeypatch.setenv("WORLD_SIZE", "2")
     argv = ["network", "--device", "cpu", "--out", out, "--quiet"]
-    _assert_refused(capsys, argv, "torch.distributed (rank 1): MASTER_ADDR is not set", out)
+    assert_refused(capsys, argv, "torch.distributed (rank 1): MASTER_ADDR is not set", out)

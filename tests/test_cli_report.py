@@ -8,7 +8,7 @@ import sys
 import pandas as pd
 import pytest
 
-from tests.test_reports import write_fake_network
+from tests.helpers import write_fake_network
 from validation.cli import main
 
 

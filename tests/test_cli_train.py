@@ -26,6 +26,7 @@ from nnhessian.train_checkpoint import (
     seed_streams,
 )
 from nnhessian.training import TrainingError, default_decay, learning_rate, model_options
+from tests.helpers import one_line_error
 from tests.tolerances import TRAIN_RESUME_ATOL
 from validation.cli import main
 
@@ -301,13 +302,6 @@ def test_model_options_fit_the_images():
         model_options("preresnet110", (1, 8, 8), data="digits")
 
 
-def _one_line_exit_2(argv, capsys):
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err
-    return err
-
-
 @pytest.mark.parametrize(
     ("extra", "match"),
     [
@@ -329,7 +323,7 @@ def _one_line_exit_2(argv, capsys):
 )  # fmt: skip
 def test_bad_input_one_line_nothing_written(mini, tmp_path, capsys, extra, match):
     out = tmp_path / "out"
-    err = _one_line_exit_2([*toy(mini, out), *extra], capsys)
+    err = one_line_error(capsys, [*toy(mini, out), *extra])
     assert match in err
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
@@ -337,7 +331,7 @@ def test_bad_input_one_line_nothing_written(mini, tmp_path, capsys, extra, match
 def test_missing_data_folder(tmp_path, capsys):
     out = tmp_path / "out"
     argv = ["train", "--model", "cnn", "--data-dir", str(tmp_path / "nodata"), "--out", str(out)]
-    err = _one_line_exit_2(argv, capsys)
+    err = one_line_error(capsys, argv)
     assert f"expected {tmp_path / 'nodata' / 'cifar-100-python'}" in err and "--download" in err
     assert not out.exists()
 
@@ -347,12 +341,12 @@ def test_foreign_or_corrupt_checkpoint_in_out(mini, uninterrupted, tmp_path, cap
     shutil.copytree(uninterrupted, out)
     before = snapshot(out)
     other_arch = [*toy(mini, out), "--model", "mlp"]
-    assert "holds checkpoints of a cnn_bn model, not mlp" in _one_line_exit_2(other_arch, capsys)
+    assert "holds checkpoints of a cnn_bn model, not mlp" in one_line_error(capsys, other_arch)
     other_lr = [*toy(mini, out), "--lr", "0.05"]
-    assert "another configuration (lr 0.1 there, 0.05 here)" in _one_line_exit_2(other_lr, capsys)
+    assert "another configuration (lr 0.1 there, 0.05 here)" in one_line_error(capsys, other_lr)
     assert snapshot(out) == before
     (out / "checkpoints" / "epoch_0003.pt").write_bytes(b"\x00garbage")
-    assert "epoch_0003.pt is corrupt" in _one_line_exit_2(toy(mini, out), capsys)
+    assert "epoch_0003.pt is corrupt" in one_line_error(capsys, toy(mini, out))
 
 
 def test_module_imports_no_torch():

@@ -11,37 +11,21 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from torch import nn
 
 from nnhessian.data import InMemoryDataset
 from nnhessian.reference import dense_hessian
+from tests.helpers import TwoLayer, assert_refused, two_layer_data
 from tests.tolerances import network_eig_atol
 from validation.cli import main
 from validation.errors import UsageError
 from validation.network import compare_spectra
 
-N, D, C = 90, 5, 3
+N, D, C = 90, TwoLayer.in_features, TwoLayer.num_classes
 OPTIONS = dict(batch_sizes=(10, 30), steps=200, probes=2, sigma2_probes=2, exact="yes", threads=1)
 
 
-class TwoLayer(nn.Module):
-    """Not in nnhessian.models: a tanh network with a skip connection, P = 5*7+7+7*3+3+5*3 = 81."""
-
-    def __init__(self):
-        super().__init__()
-        self.hidden = nn.Linear(D, 7, dtype=torch.float64)
-        self.out = nn.Linear(7, C, dtype=torch.float64)
-        self.skip = nn.Linear(D, C, bias=False, dtype=torch.float64)
-
-    def forward(self, x):
-        return self.out(torch.tanh(self.hidden(x))) + self.skip(x)
-
-
 def toy_data():
-    g = torch.Generator().manual_seed(3)
-    X = torch.randn(N, D, generator=g, dtype=torch.float64)
-    y = torch.randint(0, C, (N,), generator=g)
-    return X, y
+    return two_layer_data(N)
 
 
 def own_model(seed=0):
@@ -109,14 +93,14 @@ def user_module(tmp_path, monkeypatch):
         textwrap.dedent(
             f"""
             import torch
-            from tests.test_network_own_model import TwoLayer, toy_data
+            from tests.helpers import TwoLayer, two_layer_data
 
             def make(num_classes, input_shape):
                 assert num_classes == {C} and input_shape == ({D},)
                 return TwoLayer()
 
             def data():
-                return toy_data()
+                return two_layer_data({N})
 
             def not_a_module(num_classes, input_shape):
                 return 42
@@ -165,7 +149,4 @@ def test_bad_callables_are_one_line_exit_2(tmp_path, capsys, user_module, args, 
     out = tmp_path / "network"
     data = [] if "--data" in args else ["--data", "ownmodels:data"]
     argv = ["network", *args, *data, "--batch-sizes", "10", "--out", str(out), "--quiet"]
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert message in err and err.count("\n") == 1 and err.startswith("error: ")
-    assert not out.exists()
+    assert_refused(capsys, argv, message, out)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -36,27 +35,22 @@ from nnhessian.lanczos import lanczos, random_unit_vector, slq
 from nnhessian.models import build
 from nnhessian.operators import HessianOperator
 from nnhessian.sigma2 import sigma2_partition, sigma2_per_sample
-from tests.test_nnhessian_reference import digits, single_thread  # noqa: F401
-from tests.test_nnhessian_resume import Crash, CrashingOperator
+from tests.helpers import F64, Crash, CrashingOperator, digits, free_port, gaussian_mlp
 from tests.tolerances import (
     SIGMA2_PROBE_RTOL64,
     lanczos_reorder_atol,
     reassociation_atol,
 )
 
-F64 = torch.float64
+pytestmark = pytest.mark.usefixtures("single_thread")
 ROOT = Path(__file__).resolve().parents[1]
 N, BATCH = 30, 7  # batches 7, 7, 7, 7, 2: rank 0 gets three, rank 1 two
 NOISE_BATCH = [1, 4, 7, 20, 29]
 
 
 def problem() -> tuple[torch.nn.Module, InMemoryDataset]:
-    """A 5-4-3 tanh MLP (P = 39) on 30 Gaussian samples, float64."""
-    g = torch.Generator().manual_seed(0)
-    X = torch.randn(N, 5, generator=g, dtype=F64)
-    y = torch.randint(0, 3, (N,), generator=g)
-    model = build("mlp", 3, in_features=5, hidden=4, generator=g)
-    return model, InMemoryDataset(X, y, 3)
+    """A 5-4-3 tanh MLP (P = 39) on 30 Gaussian samples, float64 (a fresh model each call)."""
+    return gaussian_mlp(N)
 
 
 def compute(ctx: DistContext, state_dir: Path) -> dict:
@@ -113,12 +107,6 @@ def _rank_main(out_dir: str) -> None:
         torch.save(res, Path(out_dir) / f"rank{ctx.rank}.pt")
     finally:
         ctx.close()
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch(out_dir: Path, world: int = 2, timeout: float = 150.0) -> list[dict]:

@@ -1,7 +1,8 @@
 """The graph cache of HessianOperator: identical products, the byte budget, its size measure,
 lifetime, and that the data and determinism checks still see every pass.
 
-Same small models and 23 digits samples (batches 10, 10, 3) as ``test_nnhessian_operators``.
+Same small models and 23 digits samples (batches 10, 10, 3) as ``test_nnhessian_operators``
+(from ``tests/helpers.py``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import nnhessian.hvp as hvp
 from nnhessian.data import DeterminismError
 from nnhessian.models import build
 from nnhessian.operators import DEFAULT_GRAPH_CACHE_BYTES, GraphCacheInfo, HessianOperator
-from tests.test_nnhessian_operators import (
+from tests.helpers import (
     BATCH,
     BATCH_IDX,
     CASES,
@@ -26,11 +27,13 @@ from tests.test_nnhessian_operators import (
     images_for,
     probes,
     references,
+    rel_err,
     subset,
     tiny_model,
 )
-from tests.test_nnhessian_reference import rel_err, single_thread  # noqa: F401 (autouse)
 from tests.tolerances import GRAPH_BYTES_RTOL, HVP_RTOL64
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 BIG = 2**30  # room for every graph of these small problems
 

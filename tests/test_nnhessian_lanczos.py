@@ -10,6 +10,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from nnhessian import reference
 from nnhessian.lanczos import (
     extreme_eigenvalues,
     gauss_quadrature,
@@ -21,10 +22,9 @@ from nnhessian.lanczos import (
     slq,
     smooth_density,
 )
-from nnhessian.models import build
-from nnhessian.operators import HessianOperator, MatrixOperator
+from nnhessian.operators import MatrixOperator
 from rmt.testing import seeds
-from tests.test_nnhessian_reference import dense_hessian, digits, single_thread  # noqa: F401
+from tests.helpers import F64, digits_mlp_operator, subset
 from tests.tolerances import (
     EPS64,
     LANCZOS_MOMENT_RTOL64,
@@ -33,7 +33,7 @@ from tests.tolerances import (
     eig_atol,
 )
 
-F64 = torch.float64
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def random_symmetric(P: int, seed: int) -> torch.Tensor:
@@ -42,17 +42,9 @@ def random_symmetric(P: int, seed: int) -> torch.Tensor:
 
 
 @functools.cache
-def hessian_operator() -> HessianOperator:
-    """Full-data Hessian of a 460-parameter MLP on 23 digits (batches 10, 10, 3), float64."""
-    data = digits(False).subset(range(23))
-    model = build("mlp", 10, hidden=6, generator=torch.Generator().manual_seed(1))
-    return HessianOperator.full(model, data, batch_size=10, dtype=F64)
-
-
-@functools.cache
 def dense_of_hessian_operator() -> torch.Tensor:
-    data = digits(False).subset(range(23))
-    return dense_hessian(hessian_operator().model, [(data.X, data.y)], [1.0])
+    """The dense float64 Hessian of :func:`tests.helpers.digits_mlp_operator`."""
+    return reference.dense_hessian(digits_mlp_operator().model, subset(False), dtype=F64)
 
 
 def spectral_measure(A: np.ndarray, q: np.ndarray, nodes: np.ndarray):
@@ -83,7 +75,7 @@ def test_full_lanczos_on_hessian_reproduces_eigvalsh_and_spectral_measure():
     N = 23 samples leave ~260 zero eigenvalues): Lanczos finds each distinct eigenvalue once and
     stops with a breakdown. Ritz values are then eigenvalues, every eigenvalue is a Ritz value,
     and the weights are the masses of the start vector in the eigenspaces."""
-    op = hessian_operator()
+    op = digits_mlp_operator()
     H = dense_of_hessian_operator().numpy()
     v0 = random_unit_vector(op.dim, generator=torch.Generator().manual_seed(0))
     res = lanczos(op, op.dim, v0=v0)
@@ -223,7 +215,7 @@ def test_slq_moments_estimate_normalised_traces(distribution):
 
 
 def test_slq_on_hessian_operator_moments_and_extremes():
-    op = hessian_operator()
+    op = digits_mlp_operator()
     H = dense_of_hessian_operator()
     res = slq(op, steps=40, probes=6, generator=torch.Generator().manual_seed(10))
     per_probe = quadrature_moments(res.ritz_values, res.weights, [1, 2])

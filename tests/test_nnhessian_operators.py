@@ -24,80 +24,30 @@ from nnhessian import reference
 from nnhessian.data import DeterminismError, InMemoryDataset
 from nnhessian.models import build
 from nnhessian.operators import HessianOperator, as_linear_operator
-from tests.test_nnhessian_reference import (  # noqa: F401 (single_thread: autouse fixture)
+from tests.helpers import (
+    BATCH,
+    BATCH_IDX,
+    BATCH_RANGES,
+    CASES,
+    F64,
+    N_SUB,
     assert_second_order_agreement,
-    digits,
     fd_errors,
     flat_loss,
+    full_operator,
     gradient_of,
+    images_for,
+    make_model,
+    probes,
+    references,
     rel_err,
-    single_thread,
+    subset,
+    tiny_model,
 )
 from tests.tolerances import EPS32, HVP_RTOL32, HVP_RTOL64, HVP_SYMMETRY_RTOL64
 
-N_SUB = 23
-BATCH = 10  # batches of 10, 10, 3
-BATCH_RANGES = (range(0, 10), range(10, 20), range(20, 23))
-BATCH_IDX = torch.tensor([1, 4, 5, 11, 17, 20, 22])  # the fixed batch, B = 7
-F64 = torch.float64
+pytestmark = pytest.mark.usefixtures("single_thread")
 METHODS = ("forward-over-reverse", "double-backward")
-# (model name, policy): cnn_bn carries dropout and is left in train mode -- the policy must
-# switch dropout off and choose the BatchNorm statistics.
-CASES = (("mlp", "eval"), ("cnn", "eval"), ("cnn_bn", "eval"), ("cnn_bn", "batch-stats"))
-
-
-@functools.cache
-def subset(images: bool) -> InMemoryDataset:
-    return digits(images).subset(range(N_SUB))
-
-
-def make_model(name: str) -> nn.Module:
-    g = torch.Generator().manual_seed(1)
-    if name == "mlp":
-        return build("mlp", 10, hidden=6, generator=g)
-    if name == "cnn":
-        return build("cnn", 10, width=3, generator=g)
-    model = build("cnn_bn", 10, width=3, dropout=0.3, generator=g)
-    model.train()  # running statistics away from their initial 0/1, then left in train mode
-    with torch.no_grad():
-        for _ in range(3):
-            model(digits(True).X[:300].float())
-    return model
-
-
-tiny_model = functools.cache(make_model)
-
-
-def images_for(name: str) -> bool:
-    return name != "mlp"
-
-
-@functools.cache
-def references(name: str, policy: str) -> dict[str, torch.Tensor]:
-    """Dense H_emp (sample-weighted batches), H_B and H_B - H_emp (float64)."""
-    data = subset(images_for(name))
-    model = tiny_model(name)
-
-    def dense(indices):
-        return reference.dense_hessian(model, data, indices, policy=policy, dtype=F64)
-
-    # batch statistics depend on the batching: H_emp is the weighted mean of the batch Hessians
-    H_full = sum(len(r) / N_SUB * dense(r) for r in BATCH_RANGES)
-    H_batch = dense(BATCH_IDX)
-    return {"full": H_full, "batch": H_batch, "noise": H_batch - H_full}
-
-
-def full_operator(name: str, policy: str = "eval", **options) -> HessianOperator:
-    """H_emp of a tiny model on the 23 samples in batches of 10, 10, 3 (float64, CPU)."""
-    return HessianOperator.full(
-        tiny_model(name),
-        subset(images_for(name)),
-        batch_size=BATCH,
-        dtype=F64,
-        device="cpu",
-        policy=policy,
-        **options,
-    )
 
 
 @functools.cache
@@ -108,10 +58,6 @@ def operators_for(name: str, policy: str, method: str) -> dict[str, HessianOpera
         "batch": full.batch_operator(BATCH_IDX),
         "noise": full.noise_operator(BATCH_IDX),
     }
-
-
-def probes(P: int, k: int, seed: int = 0) -> torch.Tensor:
-    return torch.randn(k, P, generator=torch.Generator().manual_seed(seed), dtype=F64)
 
 
 def state_snapshot(model: nn.Module):

@@ -1,144 +1,38 @@
-"""nnhessian.reference, the dense ground truth, against exact references of its own; test helpers.
+"""nnhessian.reference, the dense ground truth, against exact references of its own.
 
 The reference is checked without nnhessian's HVP code: against the closed-form Hessian of
 softmax regression (full and per sample), against central differences of the gradient of a loss
-built here from a float64 deep copy of the model (:func:`flat_loss`), for its chunk weighting,
-and for leaving the model as it found it. Two strict xfails record the torch bug that makes it
-use plain autograd under BatchNorm batch statistics.
-
-Helpers other test modules import: :func:`flat_loss`, :func:`fd_errors`,
-:func:`assert_second_order_agreement`, :func:`rel_err`, :func:`digits` and the ``single_thread``
-fixture. :func:`dense_hessian` / :func:`dense_per_sample_hessians` here are thin adapters to
-:mod:`nnhessian.reference` with the older batch-list signature, for the test modules that still
-use it (test_nnhessian_lanczos, test_cli_network); new tests call nnhessian.reference directly.
+built from a float64 deep copy of the model (``tests.helpers.flat_loss``), for its chunk
+weighting, and for leaving the model as it found it. Two strict xfails record the torch bug that
+makes it use plain autograd under BatchNorm batch statistics.
 """
 
 from __future__ import annotations
 
 import copy
-import functools
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from nnhessian import reference
-from nnhessian.data import InMemoryDataset, load_digits
+from nnhessian.data import InMemoryDataset
 from nnhessian.hvp import load_forward_ad
 from nnhessian.models import build
-from tests.tolerances import (
-    DENSE_CLOSED_FORM_RTOL64,
-    DENSE_REORDER_RTOL64,
-    FD_RATIO_RANGE,
-    FD_RTOL,
-    FD_STEPS,
-    HVP_RTOL64,
+from tests.helpers import (
+    F64,
+    assert_second_order_agreement,
+    digits,
+    fd_errors,
+    flat_loss,
+    gradient_of,
+    rel_err,
 )
+from tests.tolerances import DENSE_CLOSED_FORM_RTOL64, DENSE_REORDER_RTOL64, HVP_RTOL64
 
+pytestmark = pytest.mark.usefixtures("single_thread")
 load_forward_ad()  # torch's forward-AD import warns once (documented in nnhessian.hvp)
-F64 = torch.float64
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """One intra-op thread while a module's tests run, restored after.
-
-    The test problems are tiny (P ~ 500, N ~ 23): threads only add synchronisation, and on a
-    loaded 2-core machine OpenMP spin-waiting made products 10-30x slower. Modules that import
-    this fixture get it too.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def reference_model(model: nn.Module, policy: str) -> nn.Module:
-    """A float64 deep copy in the policy's mode: eval, or BatchNorm on batch statistics."""
-    m = copy.deepcopy(model).double()
-    m.eval()
-    if policy == "batch-stats":
-        for mod in m.modules():
-            if isinstance(mod, _BatchNorm):
-                mod.train()
-                mod.track_running_stats = False
-    return m
-
-
-def flat_loss(model: nn.Module, batches, weights, policy: str = "eval"):
-    """``(f, theta0)``: ``f(theta) = sum_b weights[b] * mean-loss of batch b`` at flat ``theta``.
-
-    Built here, independently of nnhessian: the loss whose gradient the central differences use.
-    """
-    m = reference_model(model, policy)
-    named = [(n, p) for n, p in m.named_parameters() if p.requires_grad]
-    names = [n for n, _ in named]
-    shapes = [p.shape for _, p in named]
-    theta0 = torch.cat([p.detach().reshape(-1) for _, p in named])
-    consts = {n: b.detach() for n, b in m.named_buffers()}
-    batches = [(X.double(), y) for X, y in batches]
-
-    def f(theta):
-        parts = torch.split(theta, [s.numel() for s in shapes])
-        params = {n: t.view(s) for n, t, s in zip(names, parts, shapes, strict=True)}
-        total = theta.new_zeros(())
-        for (X, y), w in zip(batches, weights, strict=True):
-            out = torch.func.functional_call(m, (params, consts), (X,))
-            total = total + w * F.cross_entropy(out, y)
-        return total
-
-    return f, theta0
-
-
-def gradient_of(f):
-    """``theta -> grad f(theta)`` by one reverse pass (plain autograd)."""
-
-    def grad_at(theta):
-        theta = theta.detach().requires_grad_(True)
-        return torch.autograd.grad(f(theta), theta)[0]
-
-    return grad_at
-
-
-def dense_hessian(model, batches, weights, policy: str = "eval") -> torch.Tensor:
-    """``sum_b weights[b] H_b`` in float64, each ``H_b`` by nnhessian.reference.dense_hessian."""
-    return sum(
-        w * reference.dense_hessian(model, InMemoryDataset(X, y), policy=policy, dtype=F64)
-        for (X, y), w in zip(batches, weights, strict=True)
-    )
-
-
-def dense_per_sample_hessians(model, X, y) -> torch.Tensor:
-    """``(N, P, P)`` float64 per-sample Hessians of ``(X, y)`` from :mod:`nnhessian.reference`."""
-    return reference.dense_per_sample_hessians(model, InMemoryDataset(X, y), dtype=F64)
-
-
-def fd_errors(grad_at, theta0, v, hv, steps=FD_STEPS) -> list[float]:
-    """Relative errors of central differences ``(g(w + h v) - g(w - h v)) / 2h`` against ``hv``."""
-    errs = []
-    for h in steps:
-        fd = (grad_at(theta0 + h * v) - grad_at(theta0 - h * v)) / (2 * h)
-        errs.append(rel_err(fd, hv))
-    return errs
-
-
-def assert_second_order_agreement(errs) -> None:
-    """Errors shrink as h^2 (ratio 4 when h halves) and are small: HVP = derivative of gradient."""
-    lo, hi = FD_RATIO_RANGE
-    assert lo <= errs[0] / errs[1] <= hi, errs
-    assert errs[1] <= FD_RTOL, errs
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Norm-wise relative error ``||a - b|| / ||b||``."""
-    return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b))
-
-
-@functools.cache
-def digits(images: bool):
-    return load_digits(images=images, dtype=F64)
 
 
 def bn_model() -> nn.Module:
@@ -211,7 +105,10 @@ def test_reference_sums_chunks_by_sample_count():
     whole = reference.dense_hessian(model, data, dtype=F64)
     chunked = reference.dense_hessian(model, data, chunk=10, dtype=F64)
     assert rel_err(chunked, whole) <= DENSE_REORDER_RTOL64
-    equal_weights = dense_hessian(model, list(data.batches(10)), [1 / 3] * 3)
+    equal_weights = sum(
+        1 / 3 * reference.dense_hessian(model, data, r, dtype=F64)
+        for r in (range(0, 10), range(10, 20), range(20, 23))
+    )
     assert rel_err(equal_weights, whole) > 1e6 * DENSE_REORDER_RTOL64  # the weights matter
 
 

@@ -36,52 +36,18 @@ from nnhessian.models import build
 from nnhessian.operators import HessianOperator, MatrixOperator
 from nnhessian.sigma2 import sigma2_partition, sigma2_per_sample, sigma2_two_batch
 from rmt.testing import seeds
-from tests.test_nnhessian_reference import digits, single_thread  # noqa: F401
+from tests.helpers import (
+    F64,
+    Crash,
+    CrashingOperator,
+    digits_mlp_operator,
+    gaussian_mlp,
+    subset,
+    tiny_model,
+)
 
-F64 = torch.float64
+pytestmark = pytest.mark.usefixtures("single_thread")
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class Crash(RuntimeError):
-    """The injected failure."""
-
-
-class CrashingOperator:
-    """Delegates to ``op`` (same fingerprint) and raises :class:`Crash` on product ``after + 1``.
-
-    ``after=None`` never crashes. ``calls`` counts the products this wrapper did.
-    """
-
-    def __init__(self, op, after: int | None = None, action=None) -> None:
-        self._op = op
-        self._after = after
-        self._action = action
-        self.calls = 0
-
-    def __getattr__(self, name):
-        return getattr(self._op, name)
-
-    def matvec(self, v):
-        if self._after is not None and self.calls >= self._after:
-            if self._action is not None:
-                self._action()
-            raise Crash(f"injected crash before product {self.calls + 1}")
-        self.calls += 1
-        return self._op.matvec(v)
-
-
-@functools.cache
-def hessian_problem() -> tuple[torch.nn.Module, InMemoryDataset]:
-    """A 460-parameter MLP on 23 digits (batches 10, 10, 3), as in the Lanczos tests."""
-    data = digits(False).subset(range(23)).to(dtype=F64)
-    model = build("mlp", 10, hidden=6, generator=torch.Generator().manual_seed(1))
-    return model, data
-
-
-@functools.cache
-def hessian_operator() -> HessianOperator:
-    model, data = hessian_problem()
-    return HessianOperator.full(model, data, batch_size=10, dtype=F64)
 
 
 @functools.cache
@@ -120,7 +86,7 @@ def test_lanczos_resumes_bit_identically_and_skips_finished_work(tmp_path):
     uninterrupted one bit for bit (coefficients, Ritz values, weights, basis, generator state),
     each restart redoes only the products since the last save, and a rerun of the finished state
     does no product at all."""
-    op = hessian_operator()
+    op = digits_mlp_operator()
     steps, every = 25, 3
     g_ref = torch.Generator().manual_seed(5)
     ref = lanczos(op, steps, generator=g_ref, keep_basis=True)
@@ -196,7 +162,7 @@ def test_slq_killed_anywhere_resumes_bit_identically(seed, kills, every):
 
 
 def test_slq_on_hessian_resumes_and_keeps_only_the_current_basis(tmp_path):
-    op = hessian_operator()
+    op = digits_mlp_operator()
     g_ref = torch.Generator().manual_seed(9)
     ref = slq(op, 10, 3, generator=g_ref, distribution="rademacher")
     seen_segments = []
@@ -234,17 +200,14 @@ def test_slq_on_hessian_resumes_and_keeps_only_the_current_basis(tmp_path):
 
 @functools.cache
 def sigma2_problem():
-    g = torch.Generator().manual_seed(0)
-    X = torch.randn(12, 5, generator=g, dtype=F64)
-    y = torch.randint(0, 3, (12,), generator=g)
-    return build("mlp", 3, in_features=5, hidden=4, generator=g), InMemoryDataset(X, y, 3)
+    return gaussian_mlp(12)
 
 
 def crashing_sigma2_operator(after: int | None) -> HessianOperator:
     """A fresh full-data operator whose HVP engine raises after ``after`` batch/per-sample calls."""
     model, data = sigma2_problem()
     op = HessianOperator.full(model, data, batch_size=5, dtype=F64, verify=False)
-    engine = op._engine
+    engine = op.engine
     count = [0]
 
     def wrap(fn):
@@ -325,8 +288,8 @@ def test_state_of_another_configuration_is_refused(tmp_path):
 
 
 def test_state_of_other_weights_or_data_is_refused(tmp_path):
-    model, data = hessian_problem()
-    op = hessian_operator()
+    model, data = tiny_model("mlp"), subset(False)
+    op = digits_mlp_operator()
     slq(op, 3, 2, generator=torch.Generator().manual_seed(0), state_dir=tmp_path)
     other = build("mlp", 10, hidden=6, generator=torch.Generator().manual_seed(2))
     op2 = HessianOperator.full(other, data, batch_size=10, dtype=F64, verify=False)
@@ -389,17 +352,13 @@ def test_run_state_saves_atomically_and_prunes(tmp_path):
 # the run, after the temporary file is written and before the rename (k = 0: no kill).
 CHILD = """
 import os, signal, sys, torch
-from nnhessian.data import InMemoryDataset
 from nnhessian.lanczos import slq
-from nnhessian.models import build
 from nnhessian.operators import HessianOperator
+from tests.helpers import gaussian_mlp
 torch.set_num_threads(1)
 state_dir, k = sys.argv[1], int(sys.argv[2])
-g = torch.Generator().manual_seed(0)
-X = torch.randn(12, 5, generator=g, dtype=torch.float64)
-y = torch.randint(0, 3, (12,), generator=g)
-model = build("mlp", 3, in_features=5, hidden=4, generator=g)
-op = HessianOperator.full(model, InMemoryDataset(X, y, 3), batch_size=5, dtype=torch.float64)
+model, data = gaussian_mlp(12)  # sigma2_problem()
+op = HessianOperator.full(model, data, batch_size=5, dtype=torch.float64)
 real, calls = os.replace, [0]
 def replace(src, dst):
     calls[0] += 1

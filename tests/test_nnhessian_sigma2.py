@@ -15,7 +15,6 @@ import pytest
 import torch
 
 from nnhessian import reference
-from nnhessian.data import InMemoryDataset
 from nnhessian.models import build
 from nnhessian.operators import HessianOperator
 from nnhessian.sigma2 import (
@@ -27,29 +26,20 @@ from nnhessian.sigma2 import (
     sigma2_two_batch,
     two_batch_factor,
 )
-from tests.test_nnhessian_reference import digits, single_thread  # noqa: F401 (autouse)
+from tests.helpers import F64, digits, exact_sigma2, gaussian_mlp
 from tests.tolerances import EPS64, SIGMA2_PROBE_RTOL64, Z_STAT
 
-F64 = torch.float64
+pytestmark = pytest.mark.usefixtures("single_thread")
 N, B = 12, 3
 
 
 @functools.cache
 def problem():
     """(full operator, per-sample Hessians (N, P, P), exact sigma^2) of a 5-4-3 tanh MLP."""
-    g = torch.Generator().manual_seed(0)
-    X = torch.randn(N, 5, generator=g, dtype=F64)
-    y = torch.randint(0, 3, (N,), generator=g)
-    model = build("mlp", 3, in_features=5, hidden=4, generator=g)
-    op = HessianOperator.full(model, InMemoryDataset(X, y), batch_size=5, dtype=F64)
-    H = reference.dense_per_sample_hessians(model, InMemoryDataset(X, y), dtype=F64)
+    model, data = gaussian_mlp(N)
+    op = HessianOperator.full(model, data, batch_size=5, dtype=F64)
+    H = reference.dense_per_sample_hessians(model, data, dtype=F64)
     return op, H, exact_sigma2(H)
-
-
-def exact_sigma2(H: torch.Tensor) -> float:
-    n, P, _ = H.shape
-    D = H - H.mean(0)
-    return float((D**2).sum()) / (n * P * P)
 
 
 def probe(seed: int, P: int, distribution: str = "gaussian"):

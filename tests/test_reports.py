@@ -5,23 +5,21 @@ import base64
 import json
 import math
 from html.parser import HTMLParser
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from matplotlib.figure import Figure
 
 from reports import report, tables
 from reports.schema import TIDY_COLUMNS
 from reports.tables import RunFolderError, load_run, load_runs, markdown_table
+from tests.helpers import write_fake_network
 from validation.cli import main
 
 TOY_SYNTHETIC = [
     "synthetic", "--P", "60", "--spikes", "3,0.4,-2", "--trials", "6", "--sweep-points", "3",
     "--histogram-P", "60", "--method", "dense", "--quiet",
 ]  # fmt: skip
-NETWORK_FIGURES = ("ritz_full_vs_batch.png", "density.png", "noise_spectrum.png", "batch_sweep.png")
 HOSTILE_MODEL = "<script>alert('x')</script> & <b>co</b>"
 
 
@@ -29,90 +27,6 @@ HOSTILE_MODEL = "<script>alert('x')</script> & <b>co</b>"
 # fixtures: a toy synthetic run, the paper run, and two FAKE network folders (test fixtures that
 # follow the network spec: results.json, summary.csv, ritz.csv, density.csv, sigma2.csv,
 # sweep.csv and four PNGs)
-
-
-def _tiny_png(path: Path, label: str) -> None:
-    fig = Figure(figsize=(2, 1.5))
-    ax = fig.subplots()
-    ax.plot([0, 1], [0, 1])
-    ax.set_title(label, fontsize=6)
-    fig.savefig(path, dpi=40)
-
-
-def write_fake_network(folder: Path, *, epoch, sigma2, model="vgg16", omit=()) -> Path:
-    """A network result folder as the spec describes it, with made-up numbers (a test fixture)."""
-    folder.mkdir(parents=True)
-    summary = pd.DataFrame(
-        [
-            ["network", "theorem2", "lambda_max batch B=32", 12.0, 12.5, 0.2, "outlier", "agrees"],
-            ["network", "sigma2", "sigma^2 hutchinson", np.nan, sigma2, 0.1 * sigma2, "-",
-             "not applicable"],
-            ["network", "noise-edge", "noise lambda_max vs GOE edge", 3.0, 4.5, 0.1, "edge",
-             "disagrees (assumption 3 violated by 50%)"],
-        ],
-        columns=list(TIDY_COLUMNS),
-    )  # fmt: skip
-    files = {
-        "summary.csv": summary,
-        "ritz.csv": pd.DataFrame(
-            {"operator": ["full", "batch", "noise"], "B": [np.nan, 32, 32], "probe": [0, 0, 0],
-             "value": [10.0, 12.5, 4.5], "weight": [0.1, 0.1, 0.2]}
-        ),
-        "density.csv": pd.DataFrame(
-            {"curve": ["full", "batch measured", "batch predicted"], "B": [np.nan, 32, 32],
-             "x": [0.0, 0.0, 0.0], "density": [1.0, 0.8, 0.9]}
-        ),
-        "sigma2.csv": pd.DataFrame(
-            {"estimator": ["hutchinson"], "value": [sigma2], "ci_low": [0.9 * sigma2],
-             "ci_high": [1.1 * sigma2], "probes": [8]}
-        ),
-        "sweep.csv": pd.DataFrame(
-            {"B": [16, 32], "predicted": [14.0, 12.0], "measured": [14.5, 12.5],
-             "regime": ["outlier", "outlier"]}
-        ),
-    }  # fmt: skip
-    written = []
-    for name, frame in files.items():
-        if name not in omit:
-            frame.to_csv(folder / name, index=False)
-            written.append(name)
-    for name in NETWORK_FIGURES:
-        if name not in omit:
-            _tiny_png(folder / name, name)
-            written.append(name)
-    results = {
-        "kind": "network",
-        "provenance": {
-            "config": {"model": model, "epoch": epoch, "batch_sizes": [16, 32]},
-            "versions": {"python": "3.11", "torch": "fake"},
-            "git": {"commit": "0" * 40, "dirty": False},
-            "device": "cpu",
-            "started_utc": "2026-01-01T00:00:00+00:00",
-            "wall_seconds": 1.0,
-        },
-        "model": model,
-        "data": "fake-cifar",
-        "P": 1234,
-        "N": 500,
-        "epoch": epoch,
-        "batch_sizes": [16, 32],
-        "sigma2": {
-            "hutchinson": {
-                "value": sigma2,
-                "ci_low": 0.9 * sigma2,
-                "ci_high": 1.1 * sigma2,
-                "probes": 8,
-            }
-        },  # fmt: skip
-        "assumption3": {
-            "32": {"verdict": "violated", "summary": "assumption 3 violated at B=32: edges 1.5x"}
-        },
-        "sweep_law": {"law": "saturates toward the outlier", "loglog_slope_vs_f": 0.1},
-        # every file the spec names is listed, so an omitted one is "listed but missing"
-        "files": sorted({*files, *NETWORK_FIGURES, "results.json"}),
-    }
-    (folder / "results.json").write_text(json.dumps(results))
-    return folder
 
 
 @pytest.fixture(scope="module")
