@@ -23,7 +23,6 @@ fixed batch ``H_B = (1/B) sum_{i in batch} H_i`` (eq. 3).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from collections.abc import Callable
 
@@ -31,7 +30,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from nnhessian.data import BatchSource, InMemoryDataset, data_pass
 from nnhessian.hvp import HVPEngine, has_batchnorm, policy_mode, reduce_pass
@@ -44,26 +42,6 @@ REFERENCE_POLICIES = ("eval", "batch-stats")
 # ---------------------------------------------------------------------------------------------
 # dense Hessians
 # ---------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _reference_mode(model: nn.Module, policy: str):
-    """Every module in eval mode; under "batch-stats" BatchNorm on the batch's statistics
-    (``training=True``, ``track_running_stats=False``: no buffer is updated). Flags restored."""
-    flags = [(m, m.training) for m in model.modules()]
-    tracking = [(m, m.track_running_stats) for m in model.modules() if isinstance(m, _BatchNorm)]
-    model.eval()
-    try:
-        if policy == "batch-stats":
-            for m, _ in tracking:
-                m.training = True
-                m.track_running_stats = False
-        yield
-    finally:
-        for m, flag in tracking:
-            m.track_running_stats = flag
-        for m, flag in flags:
-            m.training = flag
 
 
 def _cast(model: nn.Module, data, dtype):
@@ -118,7 +96,7 @@ def dense_hessian(
         idx = torch.as_tensor(indices, device=X.device)
         X, y = X[idx], y[idx]
     n = X.shape[0]
-    with _reference_mode(model, policy):
+    with policy_mode(model, policy):  # the mode only: the products are computed apart
         if policy == "batch-stats":
             H = torch.autograd.functional.hessian(lambda flat: loss(flat, X, y), w)
         else:

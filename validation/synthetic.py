@@ -29,6 +29,7 @@ from reports.schema import VERDICTS, verdict_word
 from rmt import theory
 from rmt.experiments import extremes_table, spiked_extremes, weyl_table
 from rmt.samplers import sample_goe, sample_spiked
+from rmt.spectra import wasserstein1_to_density
 from validation.checks.synthetic import synthetic_rows
 from validation.errors import UsageError
 from validation.options import Progress, integer, number, spike_set
@@ -281,31 +282,6 @@ def bulk_spectrum(config: SyntheticConfig, *, rng) -> tuple[SpectrumDraw, pd.Dat
         label=f"free convolution, atoms ({_fmt(atoms)}), t = {t:g}",
     )
     return draw, free
-
-
-def wasserstein1_to_density(samples, grid, density) -> float:
-    """W1 = int |F_emp - F| dx between an empirical measure and a density tabulated on ``grid``.
-
-    F is the cumulative trapezoid rule of the density, linear between grid points (error O(h^2)
-    for a smooth density, O(h^1.5) at square-root edges). The integral is exact for that F: the
-    sample points are merged into the grid, F_emp is constant between merged points and
-    |c - F| is integrated exactly on each piece, also where it changes sign.
-    """
-    samples = np.sort(np.asarray(samples, dtype=float))
-    if samples[0] < grid[0] or samples[-1] > grid[-1]:
-        raise ValueError("the grid must cover every sample")
-    cdf = np.concatenate([[0.0], np.cumsum(0.5 * (density[1:] + density[:-1]) * np.diff(grid))])
-    cdf /= cdf[-1]
-    x = np.union1d(grid, samples)
-    F = np.interp(x, grid, cdf)
-    level = np.searchsorted(samples, x[:-1], side="right") / samples.size
-    g0, g1 = level - F[:-1], level - F[1:]
-    length = np.diff(x)
-    same_sign = g0 * g1 >= 0
-    with np.errstate(invalid="ignore", divide="ignore"):
-        crossing = (g0**2 + g1**2) / (2.0 * (np.abs(g0) + np.abs(g1)))
-    pieces = np.where(same_sign, 0.5 * (np.abs(g0) + np.abs(g1)), crossing)
-    return float(np.sum(length * pieces))
 
 
 def _fmt(values) -> str:
