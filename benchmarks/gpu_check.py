@@ -20,6 +20,11 @@ on the device from ``--seed``, nothing downloaded):
   product, less that product's output);
 * ``basis``: peak device memory of one Lanczos step with ``--basis`` (default 100, the paper's m)
   Lanczos vectors resident: basis + product + full reorthogonalisation against all of them;
+* ``lockstep``: ``--lockstep`` (default 5) products with the graph cache off -- k separate
+  matvecs, one data pass with k separate reverse passes per batch, and with one batched reverse
+  pass (``is_grads_batched=True``): cost per product in gradient passes, which reverse mode is
+  faster on this device (issue 13; the library's ``reverse="auto"`` keeps the faster off the
+  CPU), what ``auto`` measured and batched vs loop's relative difference;
 * ``lanczos``: a ``--steps``-step Lanczos run (default 10) with the library's default HVP method:
   wall time per step, share of time outside the products, extreme Ritz values and residuals.
 
@@ -172,6 +177,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=10, help="Lanczos steps of the short run")
     p.add_argument("--basis", type=int, default=100, help="Lanczos vectors for the memory probe")
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument(
+        "--lockstep", type=int, default=5, help="vectors of the k-product (lockstep) timing"
+    )
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     p.add_argument("--tf32", default="default", choices=("default", "on", "off"))
     p.add_argument("--seed", type=int, default=0)
@@ -184,7 +192,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--time-limit", type=float, default=270.0, help="seconds; later stages skip")
     p.add_argument("--out", type=Path, required=True, help="JSON file to write")
     args = p.parse_args(argv)
-    for name in ("classes", "images", "batch_size", "steps", "basis", "repeats"):
+    for name in ("classes", "images", "batch_size", "steps", "basis", "repeats", "lockstep"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if not (math.isfinite(args.graph_cache_gb) and args.graph_cache_gb >= 0):
@@ -375,11 +383,61 @@ def run(args: argparse.Namespace) -> dict:
             "ritz_values": [float(x) for x in res.ritz_values],
             "graph_cache": asdict(op.graph_cache),
         }
+    if not over_time("lockstep", 3 * args.lockstep * (args.repeats + 1)):
+        result["lockstep"] = lockstep_stage(operator, v, args, device, t_grad)
     for method in METHODS:
         if method != AUTO_ORDER[0]:
             time_method(method)
     result["wall_seconds"] = time.perf_counter() - t_start
     return result
+
+
+def lockstep_stage(operator, v, args, device, t_grad) -> dict:
+    """k = ``--lockstep`` products, graph cache off: k separate matvecs, one data pass with k
+    separate reverse passes per batch ("loop"), and with one batched reverse pass
+    (``is_grads_batched=True``): seconds per product and in gradient passes, the faster of the
+    two reverse modes (issue 13), what ``reverse="auto"`` measured, and the largest relative
+    difference batched vs loop."""
+    out: dict = {"vectors": args.lockstep}
+    try:
+        op = operator(AUTO_ORDER[0], False)
+        g = torch.Generator(device=device).manual_seed(args.seed + 4)
+        vs = [v] + [
+            torch.randn(v.numel(), generator=g, device=device, dtype=v.dtype)
+            for _ in range(args.lockstep - 1)
+        ]
+        t_one, _, _ = _timed(lambda: [op.matvec(x) for x in vs], device, args.repeats)
+        op.reverse = "auto"
+        op.matvec_many(vs)  # the auto measurement on the first batch
+        timing = op.engine.reverse_timing
+        out["auto"] = None if timing is None else asdict(timing)
+        ws = {}
+        for mode in ("loop", "batched"):
+            op.reverse = mode
+            try:
+                t, _, w = _timed(lambda: op.matvec_many(vs), device, args.repeats)
+            except Exception as err:  # noqa: BLE001 - a missing vmap rule, out of memory
+                out[mode] = {"error": f"{type(err).__name__}: {err}"}
+                continue
+            ws[mode] = w
+            per = t / len(vs)
+            out[mode] = {"seconds_per_product": per, "grad_passes_per_product": per / t_grad}
+        out["separate"] = {
+            "seconds_per_product": t_one / len(vs),
+            "grad_passes_per_product": t_one / len(vs) / t_grad,
+        }
+        if len(ws) == 2:
+            out["batched_rel_diff"] = max(
+                float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(a))
+                for a, b in zip(ws["loop"], ws["batched"], strict=True)
+            )
+        timed = [m for m in ("loop", "batched") if "seconds_per_product" in out.get(m, {})]
+        out["faster"] = min(timed, key=lambda m: out[m]["seconds_per_product"]) if timed else None
+    except Exception as err:  # noqa: BLE001 - report, do not abort the check
+        out["error"] = f"{type(err).__name__}: {err}"
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return out
 
 
 def _cache_note(info: dict) -> str:
@@ -417,6 +475,20 @@ def table(result: dict) -> str:
         lines.append(
             f"{label:<28}{b['step_seconds']:>10.3f}{'':>9}"
             f"{b['peak_bytes'] / gib:>10.2f}  basis {b['basis_bytes'] / gib:.2f} GiB"
+        )
+    ls = result.get("lockstep", {})
+    for mode in ("separate", "loop", "batched"):
+        row = ls.get(mode)
+        if row is None:
+            continue
+        label = f"{ls['vectors']} products, {mode}"
+        if "error" in row:
+            lines.append(f"{label:<28}{'-':>10}{'-':>9}{'-':>10}  {row['error'][:60]}")
+            continue
+        note = f"faster: {ls.get('faster')}" if mode == "batched" else "per product"
+        lines.append(
+            f"{label:<28}{row['seconds_per_product']:>10.3f}"
+            f"{row['grad_passes_per_product']:>9.2f}{'':>10}  {note}"
         )
     if "lanczos" in result:
         lz = result["lanczos"]

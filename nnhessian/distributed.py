@@ -8,7 +8,10 @@ batches are those of the single-process operator (same boundaries, same per-batc
 the two differ only in the order of the final summation: by at most ``nb eps sum_b n_b |H_b v| /
 N`` elementwise for ``nb`` batches (Higham, *Accuracy and Stability of Numerical Algorithms*,
 2nd ed., eq. 4.4, applied to both orders). The per-sample and partition sigma^2 passes split the
-same way (:mod:`nnhessian.sigma2`).
+same way (:mod:`nnhessian.sigma2`). k products in one pass (``matvec_many``, SLQ probes in
+lockstep) evaluate each rank's shard once for all k and all-reduce the k products as one
+``(k, P)`` tensor; with two processes each element is the same two-term sum as with k separate
+reductions, so lockstep and one-at-a-time runs agree bit for bit there too (tested).
 
 Every rank keeps the whole data set in memory (fixed batches, noise operators and random
 partitions index all of it) but evaluates only its block. The Lanczos loop runs redundantly on

@@ -34,6 +34,19 @@ autograd saved for it plus its gradient, measured with ``torch.autograd.graph.sa
 (weights, buffers and input data excluded: they are held anyway). A graph is freed with the batch
 source it belongs to (e.g. a batch operator going out of scope) or by :meth:`GraphCache.clear`.
 
+Several vectors (:meth:`HVPEngine.batch_hvp_many`, used by SLQ and the sigma^2 probes advanced
+in lockstep): the graph of ``g_b`` serves any number of vectors, so k products on one batch cost
+one forward + backward and k reverse passes instead of k of each. The k reverse passes run either
+one after another (``"loop"``; each product bit-identical to a single :meth:`HVPEngine.batch_hvp`)
+or as one vmapped pass, ``autograd.grad(g_b, w, grad_outputs=V, is_grads_batched=True)``
+(``"batched"``). Neither is faster everywhere (CPU, float32, digits: batched faster for the mlp,
+slower for the cnn), so :attr:`HVPEngine.reverse` = ``"auto"`` (default) times both on the first
+k-vector product of an engine and keeps the faster off the CPU (within 1e-4 of the loop). On
+the CPU it keeps the loop whatever the timing, because batched products may differ in the last
+bit on some batches and lockstep results are promised bit-identical to one-at-a-time ones there;
+``"batched"`` can still be asked for. :class:`ReverseTiming` records what was measured;
+``benchmarks/gpu_check.py`` reports it on a GPU.
+
 BatchNorm/dropout policy (:func:`policy_mode`; the model's train/eval flags are restored after
 every pass):
 
@@ -56,6 +69,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import time
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Sequence
@@ -74,9 +88,11 @@ __all__ = [
     "DEFAULT_GRAPH_CACHE_BYTES",
     "METHODS",
     "POLICIES",
+    "REVERSE_MODES",
     "GraphCache",
     "GraphCacheInfo",
     "HVPEngine",
+    "ReverseTiming",
     "has_batchnorm",
     "load_forward_ad",
     "policy_mode",
@@ -89,6 +105,8 @@ POLICIES = ("eval", "batch-stats")
 METHODS = ("auto", "forward-over-reverse", "double-backward")
 # Order tried by method="auto": the faster first on CPU (benchmarks/bench_hvp.py).
 AUTO_ORDER = ("double-backward", "forward-over-reverse")
+# How k products share one gradient graph ("Several vectors" in the module docstring).
+REVERSE_MODES = ("auto", "loop", "batched")
 # Memory budget for gradient graphs kept across HVPs ("Graph cache" in the module docstring).
 DEFAULT_GRAPH_CACHE_BYTES = 2 * 2**30
 
@@ -217,6 +235,18 @@ class GraphCacheInfo:
     misses: int  # batch products that built their graph (the determinism check not counted)
 
 
+@dataclass(frozen=True)
+class ReverseTiming:
+    """What ``reverse="auto"`` measured on its first k-vector product (one batch, one graph)."""
+
+    vectors: int  # k
+    loop_s: float  # k separate reverse passes (the faster of two timings)
+    batched_s: float | None  # one is_grads_batched pass (None: it failed)
+    bitwise_equal: bool  # batched products identical to the loop's
+    chosen: str  # "loop" or "batched"
+    reason: str | None  # why batched was not eligible, when it was not
+
+
 class GraphCache:
     """Batch gradient graphs keyed by (batch source, batch position), within a byte budget.
 
@@ -239,12 +269,15 @@ class GraphCache:
     def used(self) -> int:
         return sum(g.nbytes for graphs in self._by_source.values() for g in graphs.values())
 
-    def get(self, source, index: int) -> _Graph | None:
+    def get(self, source, index: int, products: int = 1) -> _Graph | None:
+        """The kept graph or None; counts ``products`` hits, or one miss and the rest as hits
+        (the products after the first on a graph built for them reuse it)."""
         graph = self._by_source.get(source, {}).get(index)
         if graph is None:
             self.misses += 1
+            self.hits += products - 1
         else:
-            self.hits += 1
+            self.hits += products
         return graph
 
     def has_room(self) -> bool:
@@ -306,6 +339,8 @@ class HVPEngine:
         self.requested_method = method
         self.method: str | None = None if method == "auto" else method
         self.fallback_reason: str | None = None
+        self.reverse: str | None = None  # "loop" or "batched"; None: "auto", not yet measured
+        self.reverse_timing: ReverseTiming | None = None  # what "auto" measured
         self.per_sample_mode: str | None = None  # "vmap" or "loop" once resolved
         self.per_sample_fallback_reason: str | None = None
 
@@ -398,6 +433,127 @@ class HVPEngine:
         graph = self.grad_graph(X, y, measure=measure)
         keep = measure and cache.offer(*key, graph)
         return self._reverse(graph, v, retain=keep), graph.loss
+
+    # -- several vectors on one graph ------------------------------------------------------
+    def set_reverse(self, mode: str) -> None:
+        """How k products share a graph: "auto" (measure, keep the faster), "loop", "batched"."""
+        _check_choice(mode, REVERSE_MODES, "reverse mode")
+        self.reverse = None if mode == "auto" else mode
+        self.reverse_timing = None
+
+    def _hvp_dbl_many(self, X, y, vds, key=None):
+        """Double backward for k vectors: the batch gradient graph built (or fetched) once."""
+        cache = self.graph_cache if key is not None else None
+        graph = cache.get(*key, products=len(vds)) if cache is not None else None
+        keep = graph is not None
+        if graph is None:
+            measure = cache is not None and cache.has_room()
+            graph = self.grad_graph(X, y, measure=measure)
+            keep = measure and cache.offer(*key, graph)
+        return self._reverse_many(graph, vds, retain=keep), graph.loss
+
+    def _reverse_loop(self, graph: _Graph, vds, *, retain: bool) -> list[torch.Tensor]:
+        """k reverse passes, the graph kept for all but the last (unless ``retain``)."""
+        last = len(vds) - 1
+        return [self._reverse(graph, v, retain=retain or i < last) for i, v in enumerate(vds)]
+
+    def _reverse_batched(self, graph: _Graph, vds, *, retain: bool) -> list[torch.Tensor]:
+        """One vmapped reverse pass (``is_grads_batched=True``) for the k vectors."""
+        k = len(vds)
+        live = [i for i, g in enumerate(graph.grads) if g.requires_grad]
+        outs = [torch.stack([v[self.names[i]] for v in vds]) for i in live]
+        with warnings.catch_warnings():  # vmap's "no batching rule, falling back" warnings
+            warnings.simplefilter("ignore")
+            hv = torch.autograd.grad(
+                [graph.grads[i] for i in live],
+                graph.leaves,
+                grad_outputs=outs,
+                retain_graph=retain,
+                allow_unused=True,
+                is_grads_batched=True,
+            )
+        parts = [
+            h
+            if h is not None
+            else torch.zeros((k, *leaf.shape), dtype=leaf.dtype, device=leaf.device)
+            for h, leaf in zip(hv, graph.leaves, strict=True)
+        ]
+        return list(self.flatten(parts, lead=(k,)).unbind(0))
+
+    def _reverse_many(self, graph: _Graph, vds, *, retain: bool) -> list[torch.Tensor]:
+        """``[H_b v_1, ..., H_b v_k]`` from one gradient graph, by :attr:`reverse` ("Several
+        vectors" in the module docstring); ``auto`` measures both ways on its first call."""
+        if not any(g.requires_grad for g in graph.grads):  # H = 0
+            return [torch.zeros(self.dim, dtype=self.dtype, device=self.device) for _ in vds]
+        if len(vds) == 1 or self.reverse == "loop":
+            return self._reverse_loop(graph, vds, retain=retain)
+        if self.reverse == "batched":
+            return self._reverse_batched(graph, vds, retain=retain)
+        return self._measure_reverse(graph, vds, retain=retain)
+
+    def _timed(self, fn):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        t0 = time.perf_counter()
+        out = fn()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return out, time.perf_counter() - t0
+
+    def _measure_reverse(self, graph: _Graph, vds, *, retain: bool) -> list[torch.Tensor]:
+        """Time k separate reverse passes against one batched pass on this graph; keep the faster.
+
+        Batched is chosen only off the CPU, and only within ``1e-4`` relative of the loop (GPU
+        reductions are not bitwise reproducible anyway). On the CPU the loop is kept whatever
+        the timing: batched products can differ from it in the last bit (measured: equal on
+        one batch of the digits mlp, not on its uneven last batch), and the CPU contract is
+        products bit-identical to one-at-a-time ones. The timing is recorded either way.
+        """
+        loop, t_loop = self._timed(lambda: self._reverse_loop(graph, vds, retain=True))
+        t_batched, equal, reason = None, False, None
+        try:
+            self._reverse_batched(graph, vds, retain=True)  # warm-up (vmap set-up)
+            batched, t_batched = self._timed(lambda: self._reverse_batched(graph, vds, retain=True))
+            equal = all(torch.equal(a, b) for a, b in zip(loop, batched, strict=True))
+            rel = max(
+                float(torch.linalg.vector_norm(a - b))
+                / max(float(torch.linalg.vector_norm(a)), 1e-300)
+                for a, b in zip(loop, batched, strict=True)
+            )
+            correct = self.device.type != "cpu" and rel <= 1e-4
+            if self.device.type == "cpu":
+                reason = "CPU: separate passes keep every product bit-identical to matvec's"
+            elif not correct:
+                reason = f"batched differs from the loop (relative {rel:.3g})"
+        except Exception as err:  # noqa: BLE001 - a missing vmap rule, out of memory, ...
+            correct, reason = False, f"{type(err).__name__}: {err}"
+        again, t_again = self._timed(lambda: self._reverse_loop(graph, vds, retain=retain))
+        t_loop = min(t_loop, t_again)
+        self.reverse = "batched" if correct and t_batched < t_loop else "loop"
+        self.reverse_timing = ReverseTiming(
+            len(vds), t_loop, t_batched, equal, self.reverse, reason
+        )
+        log.info("HVP: %s reverse passes (%s)", self.reverse, self.reverse_timing)
+        return again
+
+    def batch_hvp_many(self, X, y, vds, key=None) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """``([H_b v_1, ..., H_b v_k], loss_b)``: k products on one batch (``vds`` as dicts).
+
+        Double backward builds (or fetches from the cache) the batch's gradient graph once and
+        runs k reverse passes on it; each product is bit-identical to :meth:`batch_hvp`'s when
+        the passes are separate (``reverse == "loop"``). Forward-over-reverse has no graph to
+        share and applies :meth:`batch_hvp` k times on the loaded batch.
+        """
+        if not vds:
+            raise ValueError("batch_hvp_many needs at least one vector")
+        if self.method is None:  # resolve "auto" on the first vector, as batch_hvp does
+            first, loss = self.batch_hvp(X, y, vds[0], key)
+            rest = self.batch_hvp_many(X, y, vds[1:], key)[0] if len(vds) > 1 else []
+            return [first, *rest], loss
+        if self.method == "forward-over-reverse":
+            outs = [self._hvp_for(X, y, v) for v in vds]
+            return [o[0] for o in outs], outs[0][1]
+        return self._hvp_dbl_many(X, y, vds, key)
 
     def batch_hvp(self, X, y, v, key=None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(H_b v, loss_b)`` for the batch-mean loss of ``(X, y)``; ``v`` as a dict.

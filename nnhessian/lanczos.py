@@ -22,6 +22,10 @@ that distance of ``theta_j`` (Parlett, *The Symmetric Eigenvalue Problem*, Thm 4
 
 Default ``steps = 100``, as in the paper, section 4 ("We use m = 100").
 
+Lockstep (:func:`slq`, :func:`second_moments`): independent probes advanced together share each
+data pass -- one forward + backward per batch and one reverse pass per probe
+(:meth:`nnhessian.operators.HessianOperator.matvec_many`) -- with bit-identical results.
+
 Long runs: :func:`lanczos` and :func:`slq` take ``state_dir`` and ``save_every`` and resume from
 the last save after a kill, bit-identically on the CPU (:mod:`nnhessian.checkpoint`). With a
 sharded operator (:mod:`nnhessian.distributed`) the loop runs on every rank with identical
@@ -54,20 +58,26 @@ from nnhessian.checkpoint import (
 from rmt.spectra import quadrature_moments, smooth_density  # re-exported: pure numpy
 
 __all__ = [
+    "DEFAULT_LOCKSTEP_BYTES",
     "ExtremeEigenvalues",
     "LanczosResult",
     "SLQResult",
     "extreme_eigenvalues",
     "gauss_quadrature",
     "lanczos",
+    "lockstep_probes",
+    "products",
     "quadrature_moments",
     "ritz_vectors",
     "second_moments",
+    "shares_passes",
     "slq",
     "smooth_density",
 ]
 
 PAPER_STEPS = 100  # paper, section 4: "We use m = 100 for our Experiments"
+# Memory for the Lanczos bases of SLQ probes advanced together (:func:`lockstep_probes`).
+DEFAULT_LOCKSTEP_BYTES = 8 * 2**30
 PROBE_DISTRIBUTIONS = ("gaussian", "rademacher")
 
 
@@ -286,10 +296,17 @@ class _LanczosRun:
         self.Q[0] = q
         self.rows = 1
 
-    def step(self) -> None:
+    @property
+    def current(self) -> torch.Tensor:
+        """``q_j``, the vector the next step multiplies (a row of the basis)."""
+        return self.Q[self.m]
+
+    def step(self, w: torch.Tensor | None = None) -> None:
+        """One Lanczos step; ``w = A q_j`` when the product was computed by the caller."""
         j, Q, dim = self.m, self.Q, self.dim
         q = Q[j]
-        w = self.op.matvec(q)
+        if w is None:
+            w = self.op.matvec(q)
         if w.shape != (dim,):
             raise ValueError(f"op.matvec returned shape {tuple(w.shape)}, expected ({dim},)")
         w = w.to(Q.dtype)
@@ -480,6 +497,55 @@ class SLQResult:
     seeds: tuple[int, ...]  # per-probe seeds drawn from the generator, in probe order
     dim: int  # P
     runs: tuple[LanczosResult, ...]  # the individual runs (tridiagonals included)
+    lockstep: int = 1  # probes advanced together (speed only: the numbers do not depend on it)
+
+
+def lockstep_probes(
+    probes: int, steps: int, dim: int, dtype, budget_bytes: int = DEFAULT_LOCKSTEP_BYTES
+) -> int:
+    """How many SLQ probes to advance together: as many ``steps x dim`` bases as fit in
+    ``budget_bytes`` (each probe keeps its own), at least 1 and at most ``probes``.
+
+    E.g. VGG16 (P = 15.3M) at m = 100 in float32: 6.1 GB per probe, so the default 8 GiB budget
+    advances one probe at a time and 5 probes need 30.6 GB.
+    """
+    if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, int) or budget_bytes < 0:
+        raise ValueError(
+            f"the lockstep memory budget must be an integer >= 0, got {budget_bytes!r}"
+        )
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype  # "float32" too
+    per_probe = int(steps) * int(dim) * torch.empty((), dtype=dtype).element_size()
+    return max(1, min(int(probes), budget_bytes // per_probe))
+
+
+def products(op, vectors) -> list[torch.Tensor]:
+    """``[A v for v in vectors]``: one data pass for all (``op.matvec_many``) when ``op`` has it
+    and there are several, else one ``matvec`` each; bit-identical either way on the CPU."""
+    vectors = list(vectors)
+    if len(vectors) > 1 and shares_passes(op):
+        return list(op.matvec_many(vectors))
+    return [op.matvec(v) for v in vectors]
+
+
+def shares_passes(op) -> bool:
+    """Whether ``op``'s class defines ``matvec_many`` (k products in one data pass).
+
+    Looked up on the class: a wrapper that forwards attributes to another operator but overrides
+    ``matvec`` (to count or intercept products) keeps seeing every product.
+    """
+    return callable(getattr(type(op), "matvec_many", None))
+
+
+def _check_lockstep(lockstep, lockstep_bytes, probes, steps, op) -> int:
+    if lockstep is None:  # nothing to share without matvec_many: one probe at a time
+        if not shares_passes(op):
+            return 1
+        return lockstep_probes(probes, steps, int(op.dim), op.dtype, lockstep_bytes)
+    if isinstance(lockstep, bool) or not isinstance(lockstep, int) or lockstep < 1:
+        raise ValueError(
+            f"lockstep must be an integer >= 1 (probes advanced together), got {lockstep!r}"
+        )
+    return min(lockstep, probes)
 
 
 def slq(
@@ -492,6 +558,8 @@ def slq(
     progress: bool | None = None,
     state_dir: str | os.PathLike | None = None,
     save_every: int = DEFAULT_SAVE_EVERY,
+    lockstep: int | None = 1,
+    lockstep_bytes: int = DEFAULT_LOCKSTEP_BYTES,
 ) -> SLQResult:
     """Stochastic Lanczos quadrature: ``probes`` independent Lanczos runs of ``steps`` steps.
 
@@ -500,10 +568,19 @@ def slq(
     variance of density and moment estimates as 1/probes; more steps lower the quadrature bias).
     Smoothing is left to :func:`smooth_density` so re-smoothing never repeats an HVP.
 
+    Lockstep: ``lockstep`` probes advance together, one step each per round, and a round's
+    products come from one data pass (``op.matvec_many``: each batch's gradient graph built once
+    for all of them; :func:`products`). A probe that ends (or breaks down) hands its place to the
+    next. ``lockstep=None`` takes as many as :func:`lockstep_probes` fits in ``lockstep_bytes``
+    (each probe keeps an m x P basis; one probe for operators without ``matvec_many``); the
+    default 1 runs the probes one after another, as before. The runs are independent, so every
+    probe's numbers are bit-identical on the CPU whatever ``lockstep`` is; only speed and memory
+    change (fewer forward + backward passes with the graph cache off).
+
     Resumable with ``state_dir`` / ``save_every`` as :func:`lanczos`: the state holds the seeds,
     the generator state after drawing them, the coefficients of every finished probe and the
-    basis of the probe in progress (saved every ``save_every`` steps and when a probe ends).
-    Distributed operators as in :func:`lanczos`.
+    basis of every probe in progress (saved every ``save_every`` steps and when a probe ends); it
+    resumes under any ``lockstep``. Distributed operators as in :func:`lanczos`.
     """
     if isinstance(probes, bool) or not isinstance(probes, int) or probes < 1:
         raise ValueError(f"probes must be an integer >= 1, got {probes!r}")
@@ -513,6 +590,7 @@ def slq(
             f"unknown probe distribution {distribution!r}; accepted: "
             + ", ".join(PROBE_DISTRIBUTIONS)
         )
+    k = _check_lockstep(lockstep, lockstep_bytes, probes, steps, op)
     g = _generator(generator)
     dim = int(op.dim)
     rtol = 10.0 * math.sqrt(dim) * float(torch.finfo(op.dtype).eps)
@@ -533,39 +611,124 @@ def slq(
     if payload is not None:
         seeds = tuple(int(s) for s in payload["seeds"])
         g.set_state(payload["generator_after"])
-        finished = list(payload["probes"])
-        current = payload["current"]
     else:
         seeds = _probe_seeds(g, probes)
-        finished, current = [], None
-    gen_after = g.get_state()
-    runs = [_result_from_state(s, steps=steps, breakdown_rtol=rtol, dim=dim) for s in finished]
-    for p in range(len(finished), probes):
-        run = _LanczosRun(op, steps, rtol)
-        if current is not None:
-            run.restore(current, basis)
-            current = None
-        else:
-            run.start(_probe(op, seeds[p], distribution))
-        checkpoint = None
-        if store is not None:
-
-            def wrap(r, finished=finished):
-                return {
-                    "seeds": list(seeds),
-                    "generator_after": gen_after,
-                    "probes": finished + ([r.state()] if r.done else []),
-                    "current": None if r.done else r.state(),
-                }
-
-            checkpoint = _Checkpoint(store, f"p{p:05d}", wrap, save_every, keep_final_basis=False)
-        run.run(progress=progress, checkpoint=checkpoint, desc=f"Lanczos probe {p + 1}/{probes}")
-        finished.append(run.state())
-        runs.append(run.result(keep_basis=False))
-    return _slq_result(runs, steps=steps, distribution=distribution, seeds=seeds, dim=dim)
+    group = _ProbeGroup(op, steps, rtol, seeds, distribution, store, g.get_state(), save_every)
+    if payload is not None:
+        group.restore(payload, basis)
+    group.run(k, progress=progress)
+    runs = [group.results[p] for p in range(probes)]
+    return _slq_result(
+        runs, steps=steps, distribution=distribution, seeds=seeds, dim=dim, lockstep=k
+    )
 
 
-def _slq_result(runs, *, steps: int, distribution: str, seeds, dim: int) -> SLQResult:
+class _ProbeGroup:
+    """SLQ's probes: the finished ones' states and the runs in progress, advanced in lockstep."""
+
+    def __init__(self, op, steps, rtol, seeds, distribution, store, gen_after, save_every):
+        self.op, self.steps, self.rtol = op, steps, rtol
+        self.seeds, self.distribution = seeds, distribution
+        self.store, self.gen_after, self.every = store, gen_after, save_every
+        self.finished: dict[int, dict] = {}  # probe -> state of its finished run
+        self.results: dict[int, LanczosResult] = {}
+        self.active: dict[int, _LanczosRun] = {}  # probe -> run in progress, in probe order
+
+    def restore(self, payload: dict, basis: torch.Tensor | None) -> None:
+        """Finished probes and runs in progress of a saved state (:meth:`_payload`)."""
+        prefix = list(payload["probes"])
+        finished = {**dict(enumerate(prefix)), **payload.get("finished_later", {})}
+        active = dict(payload.get("active_later", {}))
+        if payload["current"] is not None:
+            active[len(prefix)] = payload["current"]
+        self.finished = {int(p): st for p, st in finished.items()}
+        for p, st in self.finished.items():
+            self.results[p] = _result_from_state(
+                st, steps=self.steps, breakdown_rtol=self.rtol, dim=int(self.op.dim)
+            )
+        offset = 0
+        for p in sorted(int(q) for q in active):  # their segments, concatenated in probe order
+            st = active[p]
+            rows = int(st["rows"])
+            run = _LanczosRun(self.op, self.steps, self.rtol)
+            run.restore(st, None if basis is None else basis[offset : offset + rows])
+            offset += rows
+            self.active[p] = run
+        if basis is not None and offset != basis.shape[0]:
+            raise StateCorruptError(
+                f"the saved SLQ basis has {basis.shape[0]} rows, its runs name {offset}"
+            )
+
+    def _payload(self) -> dict:
+        """The saved state. With probes ``0..f-1`` finished: ``probes`` their states,
+        ``current`` probe f's run (None when it has not started), ``finished_later`` /
+        ``active_later`` the probes after f by index -- one probe at a time, the last two are
+        empty (the format of the runs before lockstep)."""
+        f = 0
+        while f in self.finished:
+            f += 1
+        current = self.active.get(f)
+        return {
+            "seeds": list(self.seeds),
+            "generator_after": self.gen_after,
+            "probes": [self.finished[p] for p in range(f)],
+            "current": None if current is None else current.state(),
+            "finished_later": {p: st for p, st in self.finished.items() if p > f},
+            "active_later": {p: r.state() for p, r in self.active.items() if p > f},
+        }
+
+    def _fill(self, k: int) -> None:
+        """Start the next probes until ``k`` are in progress (or none is left)."""
+        busy = set(self.finished) | set(self.active)
+        for p in range(len(self.seeds)):
+            if len(self.active) >= k:
+                break
+            if p not in busy:
+                run = _LanczosRun(self.op, self.steps, self.rtol)
+                run.start(_probe(self.op, self.seeds[p], self.distribution))
+                self.active[p] = run
+        self.active = dict(sorted(self.active.items()))
+
+    def run(self, k: int, *, progress) -> None:
+        total = len(self.seeds) * self.steps
+        done = sum(int(s["m"]) for s in self.finished.values())
+        bar = tqdm(
+            total=total,
+            initial=done + sum(r.m for r in self.active.values()),
+            desc=f"SLQ ({len(self.seeds)} probes, {k} in lockstep)",
+            leave=False,
+            disable=(not progress) if progress is not None else None,
+        )
+        self._fill(k)
+        while self.active:
+            runs = list(self.active.values())
+            for run, w in zip(runs, products(self.op, [r.current for r in runs]), strict=True):
+                run.step(w)
+            bar.update(len(runs))
+            ended = [p for p, r in self.active.items() if r.done]
+            for p in ended:
+                run = self.active.pop(p)
+                self.finished[p] = run.state()
+                self.results[p] = run.result(keep_basis=False)
+            if self.store is not None and (ended or any(r.m % self.every == 0 for r in runs)):
+                self._save()
+            self._fill(k)
+        bar.close()
+
+    def _save(self) -> None:
+        """Append each run's new basis rows as its own segments; replace the state file."""
+        names = []
+        for p, run in self.active.items():
+            if run.rows > run.saved_rows:
+                seg = run.Q[run.saved_rows : run.rows]
+                run.segments.append(self.store.write_segment(f"p{p:05d}", run.saved_rows, seg))
+                run.saved_rows = run.rows
+            names += run.segments
+        payload = self._payload()
+        self.store.save(payload, basis=names)
+
+
+def _slq_result(runs, *, steps: int, distribution: str, seeds, dim: int, lockstep) -> SLQResult:
     """The probes' Lanczos runs as one SLQResult (NaN / 0 padding after a breakdown)."""
     probes = len(runs)
     nodes = np.full((probes, steps), np.nan)
@@ -587,11 +750,18 @@ def _slq_result(runs, *, steps: int, distribution: str, seeds, dim: int) -> SLQR
         seeds=seeds,
         dim=dim,
         runs=tuple(runs),
+        lockstep=lockstep,
     )
 
 
 def second_moments(
-    op, probes: int, *, generator, distribution: str = "gaussian", progress: bool | None = None
+    op,
+    probes: int,
+    *,
+    generator,
+    distribution: str = "gaussian",
+    progress: bool | None = None,
+    lockstep: int | None = None,
 ) -> np.ndarray:
     """``(probes,)`` estimates ``||A q||^2`` of ``tr(A^2) / P`` for a symmetric operator A.
 
@@ -600,15 +770,23 @@ def second_moments(
     and ``E ||A q||^2 = tr(A^2) / P``). With the same ``q``, the Gauss quadrature of a Lanczos
     run gives the same number (``sum_j w_j theta_j^2 = e_1^T T^2 e_1 = ||A q||^2`` for m >= 2),
     at one product per probe instead of m. Accumulated in float64.
+
+    ``lockstep`` probes (default: all; each holds two P-vectors) share one data pass
+    (:func:`products`); the values are bit-identical on the CPU for any ``lockstep``.
     """
     if isinstance(probes, bool) or not isinstance(probes, int) or probes < 1:
         raise ValueError(f"probes must be an integer >= 1, got {probes!r}")
+    k = _check_lockstep(lockstep, 0, probes, 1, op) if lockstep is not None else probes
     seeds = _probe_seeds(_generator(generator), probes)
     out = np.empty(probes)
     disable = None if progress is None else not progress
-    for p, seed in enumerate(tqdm(seeds, desc="tr(A^2)/P probes", leave=False, disable=disable)):
-        q = _probe(op, seed, distribution)
-        out[p] = float(torch.linalg.vector_norm(op.matvec(q).to(torch.float64)) ** 2)
+    bar = tqdm(total=probes, desc="tr(A^2)/P probes", leave=False, disable=disable)
+    for first in range(0, probes, k):
+        qs = [_probe(op, seed, distribution) for seed in seeds[first : first + k]]
+        for p, w in enumerate(products(op, qs), start=first):
+            out[p] = float(torch.linalg.vector_norm(w.to(torch.float64)) ** 2)
+        bar.update(len(qs))
+    bar.close()
     return out
 
 

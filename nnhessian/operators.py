@@ -488,6 +488,46 @@ class HessianOperator:
         self.matvecs += 1
         return out
 
+    def matvec_many(self, vectors) -> list[torch.Tensor]:
+        """``[H v_1, ..., H v_k]`` in one data pass per term (a sequence of 1-D tensors, or the
+        rows of a ``(k, P)`` tensor).
+
+        Each batch's gradient graph is built once for the k vectors (or taken from the graph
+        cache) and serves k reverse passes (:meth:`nnhessian.hvp.HVPEngine.batch_hvp_many`); the
+        k products are sample-weighted exactly as :meth:`matvec`'s and, with separate reverse
+        passes (the CPU default), bit-identical to k calls of it. A sharded term all-reduces
+        the k products as one ``(k, P)`` tensor. Each returned vector is its own tensor.
+        """
+        vs = [self._check_vector(v) for v in vectors]
+        if not vs:
+            raise ValueError("matvec_many needs at least one vector")
+        vds = [self.engine.unflatten(v) for v in vs]
+        out = torch.zeros((len(vs), self.dim), dtype=self.dtype, device=self.device)
+        for coef, source in self._terms:
+            position = itertools.count()
+
+            def products(X, y, source=source, position=position):
+                hvs, loss = self.engine.batch_hvp_many(X, y, vds, (source, next(position)))
+                return torch.stack(hvs), loss
+
+            mean, loss = self.engine.mean_over(
+                source, products, progress=self.progress, desc=self._desc(coef, source)
+            )
+            out.add_(mean, alpha=coef)
+            self.last_loss = loss
+        self.matvecs += len(vs)
+        return [row.clone() for row in out]
+
+    @property
+    def reverse(self) -> str:
+        """How k products share a gradient graph: "auto", "loop" or "batched" (settable;
+        shared by every operator of this weight snapshot; :mod:`nnhessian.hvp`)."""
+        return self.engine.reverse or "auto"
+
+    @reverse.setter
+    def reverse(self, mode: str) -> None:
+        self.engine.set_reverse(mode)
+
     @property
     def graph_cache(self) -> GraphCacheInfo:
         """Budget, use, graphs held, hits and misses of the graph cache (:mod:`nnhessian.hvp`)."""

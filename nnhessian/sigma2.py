@@ -69,6 +69,7 @@ from tqdm import tqdm
 from nnhessian.checkpoint import ProbeLoop
 from nnhessian.data import BatchSource, data_pass
 from nnhessian.hvp import has_batchnorm, policy_mode
+from nnhessian.lanczos import DEFAULT_LOCKSTEP_BYTES, lockstep_probes, products
 from nnhessian.operators import HessianOperator
 from rmt.theory import exact_factor
 
@@ -212,6 +213,30 @@ def _probe_loop(op, kind, probes, generator, state_dir, save_every, **settings) 
     )
 
 
+def _lockstep(lockstep, lockstep_bytes, probes: int, op) -> int:
+    """Probes whose full-data products share a pass: ``lockstep``, or from the memory budget
+    at two P-vectors (probe and centre) per probe."""
+    if lockstep is None:
+        return lockstep_probes(probes, 2, op.dim, op.dtype, lockstep_bytes)
+    if isinstance(lockstep, bool) or not isinstance(lockstep, int) or lockstep < 1:
+        raise ValueError(
+            f"lockstep must be an integer >= 1 (probes advanced together), got {lockstep!r}"
+        )
+    return lockstep
+
+
+def _groups(items, k: int):
+    """Consecutive lists of ``k`` items (the last one shorter)."""
+    group = []
+    for item in items:
+        group.append(item)
+        if len(group) == k:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
 def _check_op(op: HessianOperator, *, in_memory: bool) -> None:
     if not isinstance(op, HessianOperator) or op.kind != "full":
         raise ValueError("sigma^2 estimators take a full-data HessianOperator (H_emp)")
@@ -268,12 +293,20 @@ def sigma2_per_sample(
     progress: bool | None = None,
     state_dir=None,
     save_every: int = 1,
+    lockstep: int | None = 1,
+    lockstep_bytes: int = DEFAULT_LOCKSTEP_BYTES,
 ) -> Sigma2Estimate:
     """Per-sample estimator: probe value ``(1/(N P^2)) sum_i ||(H_i - H_emp) v||^2``; unbiased.
 
     ``op`` is the full-data operator (its ``H_emp v`` is the centre); per-sample products are
     vectorised over ``chunk_size`` samples with ``torch.func.vmap`` (loop fallback). More probes
     reduce the variance as 1/probes; there is no bias to trade.
+
+    Lockstep: the centres ``H_emp v`` of ``lockstep`` probes come from one full-data pass
+    (:func:`nnhessian.lanczos.products`); ``None`` takes as many as fit in ``lockstep_bytes`` at
+    two P-vectors per probe. Values are bit-identical on the CPU for any ``lockstep`` and resume
+    per probe as before. (The partition and two-batch estimators draw their own batches per
+    probe, so their probes share no data pass and run one at a time.)
     """
     _check_op(op, in_memory=False)
     _check_confidence(confidence)
@@ -284,17 +317,21 @@ def sigma2_per_sample(
     seeds = loop.seeds
     ps = op.per_sample(chunk_size=chunk_size)
     P = op.dim
-    for _, seed in _pending(loop, "sigma^2 per-sample probes", probes, progress):
-        v = draw_probe(
-            P,
-            generator=torch.Generator().manual_seed(seed),
-            distribution=distribution,
-            dtype=op.dtype,
-            device=op.device,
-        )
-        center = op.matvec(v)
-        total, N = ps.squared_deviation_sum(v, center)
-        loop.record(total / (N * P * P), N=N)
+    k = _lockstep(lockstep, lockstep_bytes, probes, op)
+    for group in _groups(_pending(loop, "sigma^2 per-sample probes", probes, progress), k):
+        vs = [
+            draw_probe(
+                P,
+                generator=torch.Generator().manual_seed(seed),
+                distribution=distribution,
+                dtype=op.dtype,
+                device=op.device,
+            )
+            for _, seed in group
+        ]
+        for v, center in zip(vs, products(op, vs), strict=True):
+            total, N = ps.squared_deviation_sum(v, center)
+            loop.record(total / (N * P * P), N=N)
     values = loop.values
     N = loop.extra["N"]
     return _summarise(

@@ -259,6 +259,49 @@ def batch_sweep(ax, sweep):
     ax.legend(fontsize=7)
 
 
+MODEL_COLOURS = {
+    "M0": PREDICTED,
+    "M1": "#ff7f0e",
+    "M2": "#2ca02c",
+    "M3": "#9467bd",
+    "M4": "#8c564b",
+}
+
+
+def batch_models(ax, table):
+    """lambda_max(H_B) over random batches against the models M0-M4, as stored in
+    ``batch_models.csv`` (one row per B and model): the measured mean with its 10-90% band
+    (empirical quantiles of the draws), each model's mean with its predicted 10-90% band where the
+    model predicts a spread (markers only for a free limit)."""
+    first = table[table["model"] == table["model"].iloc[0]].sort_values("B")
+    B = first["B"].to_numpy(dtype=float)
+    ax.fill_between(B, first["measured_q10"], first["measured_q90"], color=MEASURED, alpha=0.2)
+    ax.plot(
+        B,
+        first["measured_mean"],
+        "o-",
+        color=MEASURED,
+        label=f"measured (mean, 10-90% of {int(first['draws'].iloc[0])} batches)",
+    )
+    for model, part in table.groupby("model", sort=True):
+        part = part.sort_values("B")
+        colour = MODEL_COLOURS.get(model, "grey")
+        x = part["B"].to_numpy(dtype=float)
+        label = f"{model} {part['name'].iloc[0]}"
+        if np.isfinite(part["predicted_sd"]).all():
+            ax.fill_between(
+                x, part["predicted_q10"], part["predicted_q90"], color=colour, alpha=0.12
+            )
+            ax.plot(x, part["predicted_mean"], "--", color=colour, label=label)
+        else:
+            ax.plot(x, part["predicted_mean"], "x:", color=colour, label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size B")
+    ax.set_ylabel("largest eigenvalue of H_B")
+    ax.set_title("Which model explains the batch lambda_max")
+    ax.legend(fontsize=7)
+
+
 # ---------------------------------------------------------------------------------------------
 # epoch sweeps (validation.network --checkpoints): drawn from epochs.csv as stored. sigma^2 over
 # epochs (the paper's Figures 3-4) is sigma2_over_epochs above; the extreme eigenvalues here.

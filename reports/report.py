@@ -17,9 +17,12 @@ Sections, always present in this order (a section without input says so):
    convolution, Weyl bounds, extreme eigenvalues (Theorem 2 outliers and the Tracy-Widom edge).
 4. Network spectra (``network`` runs): Ritz values full vs batch, predicted vs measured batch
    density, noise spectrum vs semicircle, batch-size sweep, sigma^2 estimates.
-5. sigma^2 over epochs: drawn here from the ``sigma2`` values of network runs at two or more
+5. Which model explains the batch spectrum (network runs with several batch draws): the measured
+   lambda_max(H_B) over batches against the models M0-M4 (``batch_models.csv``), the per-sample
+   curvature behind them, and one sentence per model (stored by the run in ``results.json``).
+6. sigma^2 over epochs: drawn here from the ``sigma2`` values of network runs at two or more
    epochs.
-6. Provenance of every run: configuration, versions, git commit, device, times.
+7. Provenance of every run: configuration, versions, git commit, device, times.
 
 A file a run should have written but did not is named in a note; the report does not fail on it.
 The verdicts are those each run stored with its tidy rows (``summary.csv``, read by
@@ -29,84 +32,31 @@ Weyl, the paper's table) come from the runs' other CSV files.
 
 from __future__ import annotations
 
-import base64
 import datetime as _dt
-import html
 import io
 import json
 import re
-from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from reports import tables
-from reports.tables import Run
-
-TITLE = "Mini-batch Hessian spectra: random-matrix theory against measurement"
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-SECTIONS = (
-    ("summary", "1. Summary of verdicts"),
-    ("paper", "2. The paper's table re-derived"),
-    ("synthetic", "3. Synthetic checks"),
-    ("network", "4. Network spectra"),
-    ("sigma2-epochs", "5. sigma^2 over epochs"),
-    ("provenance", "6. Provenance"),
+from reports.blocks import (  # noqa: F401 - the block types are part of this module's API
+    PNG_SIGNATURE,
+    SECTIONS,
+    TITLE,
+    Heading,
+    Image,
+    Note,
+    Paragraph,
+    Preformatted,
+    Report,
+    Table,
 )
+from reports.render import render_html, render_markdown  # noqa: F401 - re-exported
+from reports.tables import Run, RunFolderError
+
 TIDY_HEADERS = list(tables.TIDY_COLUMNS)
-
-
-# ---------------------------------------------------------------------------------------------
-# blocks
-
-
-@dataclass(frozen=True)
-class Heading:
-    level: int  # 2 for a section, 3 and 4 below it
-    text: str
-    anchor: str | None = None
-
-
-@dataclass(frozen=True)
-class Paragraph:
-    text: str
-
-
-@dataclass(frozen=True)
-class Note:
-    """Something missing or not applicable, set apart from the findings."""
-
-    text: str
-
-
-@dataclass(frozen=True)
-class Table:
-    frame: pd.DataFrame
-    caption: str = ""
-    verdict_column: str | None = None  # cells coloured by verdict in HTML
-
-
-@dataclass(frozen=True)
-class Image:
-    name: str  # file name of the Markdown copy
-    png: bytes
-    caption: str
-
-
-@dataclass(frozen=True)
-class Preformatted:
-    text: str
-
-
-@dataclass(frozen=True)
-class Report:
-    """The rendered report and what goes beside the Markdown file."""
-
-    html: str
-    markdown: str
-    summary: pd.DataFrame  # tidy rows of every run (reports.schema)
-    figures: dict = field(repr=False)  # file name -> PNG bytes, referenced by ``markdown``
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,7 +64,23 @@ class Report:
 
 
 def build(runs: list[Run], *, title: str = TITLE, created: _dt.datetime | None = None) -> Report:
-    """The report of ``runs`` (``reports.tables.load_runs``)."""
+    """The report of ``runs`` (``reports.tables.load_runs``). A file whose content the report
+    cannot use (a column missing, a value of the wrong type) raises ``RunFolderError`` naming
+    the file last read (one line), never a traceback."""
+    try:
+        return _build(runs, title=title, created=created)
+    except RunFolderError:
+        raise
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError, OverflowError) as exc:
+        path = tables.last_read(runs)
+        where = str(path) if path is not None else "results.json of the input folders"
+        detail = f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        raise RunFolderError(
+            f"{where}: content the report cannot use ({detail[:160]}); rerun that run"
+        ) from None
+
+
+def _build(runs: list[Run], *, title: str, created: _dt.datetime | None) -> Report:
     created = created or _dt.datetime.now(_dt.UTC)
     summary = tables.combined(runs)
     blocks: list = [
@@ -132,6 +98,7 @@ def build(runs: list[Run], *, title: str = TITLE, created: _dt.datetime | None =
     blocks += _synthetic_section([r for r in runs if r.kind == "synthetic"])
     networks = [r for r in runs if r.kind == "network"]
     blocks += _network_section(networks)
+    blocks += _batch_models_section(networks)
     blocks += _sigma2_section(networks)
     blocks += _provenance_section(runs)
     figures = {}
@@ -453,6 +420,58 @@ def _network_section(runs: list[Run]) -> list:
     return blocks
 
 
+BATCH_MODEL_COLUMNS = [
+    "B", "model", "name", "predicted_mean", "measured_mean", "measured_mean_se", "predicted_sd",
+    "measured_sd", "predicted_q10", "measured_q10", "predicted_q90", "measured_q90",
+    "mean_rel_error", "sd_rel_error",
+]  # fmt: skip
+
+
+def _curvature_paragraph(stored) -> list:
+    if not isinstance(stored, dict):
+        return [Note("This run stored no per-sample curvature (results.json 'curvature').")]
+    q = stored.get("top_ggn_quantiles") or []
+    share = stored.get("residual_share")
+    text = (
+        f"Per-sample curvature over {stored.get('samples')} samples: the top eigenvalue of each "
+        f"sample's Gauss-Newton matrix has median {tables.format_value(q[0] if q else None)}, "
+        f"99% quantile {tables.format_value(q[-1] if q else None)} and maximum "
+        f"{tables.format_value(stored.get('top_ggn_max'))} (H_emp's lambda_max: "
+        f"{tables.format_value(stored.get('full_top'))}); Hill tail index "
+        f"{tables.format_value(stored.get('hill_alpha'))} (95% interval "
+        f"{', '.join(tables.format_value(v) for v in stored.get('hill_interval') or [])})."
+    )
+    if share is not None:
+        text += (
+            f" The non-Gauss-Newton part is {tables.format_value(share)} of ||H_B||_2 (dense, "
+            "largest B): models built on per-sample GGN pieces cannot see it."
+        )
+    return [Paragraph(text)]
+
+
+def _batch_models_section(runs: list[Run]) -> list:
+    blocks = [_section("batch-models")]
+    runs = [r for r in sorted(runs, key=_epoch_key) if r.has("batch_models.csv")]
+    if not runs:
+        return blocks + [
+            Note("No network run with --batch-draws K >= 2 and --curvature yes among the inputs.")
+        ]
+    for run in runs:
+        blocks.append(Heading(3, run.label))
+        blocks += _curvature_paragraph(run.results.get("curvature"))
+        for sentence in (run.results.get("batch_model_goal") or {}).values():
+            blocks.append(Paragraph(str(sentence)))
+        blocks += _figure(
+            run,
+            "batch_models.png",
+            "lambda_max of H_B over random batches (mean and 10-90% band of the draws) against "
+            "each model's mean and predicted 10-90% band.",
+        )
+        table = run.table("batch_models.csv")
+        blocks.append(Table(_columns(table, BATCH_MODEL_COLUMNS), caption="Models per batch size"))
+    return blocks
+
+
 def _assumption3(stored) -> list:
     """The network run's verdict on assumption 3 (noise matrix GOE) per batch size."""
     if not isinstance(stored, dict) or not stored:
@@ -629,146 +648,3 @@ def figure_png(fig, *, dpi: int = 110) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)
     return buffer.getvalue()
-
-
-# ---------------------------------------------------------------------------------------------
-# rendering
-
-CSS = """
-body { font-family: sans-serif; max-width: 1200px; margin: 1em auto; padding: 0 1em;
-       color: #222; line-height: 1.4; }
-h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; margin-top: 2em; }
-table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.85em; }
-caption { text-align: left; font-weight: bold; padding: 0.2em 0; }
-th, td { border: 1px solid #ccc; padding: 0.2em 0.5em; vertical-align: top; }
-th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
-td.agrees { background: #e6f4e6; } td.disagrees { background: #fbe3e3; }
-td.na { background: #f4f4f4; color: #555; }
-.note { background: #fff8e1; border-left: 4px solid #f0b400; padding: 0.4em 0.8em; }
-figure { margin: 1em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #ddd; }
-figcaption { font-size: 0.85em; color: #444; }
-pre { background: #f7f7f7; padding: 0.6em; overflow-x: auto; font-size: 0.8em; }
-nav ul { columns: 2; } .scroll { overflow-x: auto; max-width: 100%; }
-"""
-CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
-
-
-def _e(text) -> str:
-    return html.escape(str(text), quote=True)
-
-
-def render_html(blocks, *, title: str = TITLE) -> str:
-    """The blocks as one self-contained HTML document."""
-    out = [
-        "<!DOCTYPE html>",
-        '<html lang="en">',
-        "<head>",
-        '<meta charset="utf-8">',
-        f'<meta http-equiv="Content-Security-Policy" content="{_e(CSP)}">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{_e(title)}</title>",
-        f"<style>{CSS}</style>",
-        "</head>",
-        "<body>",
-        f"<h1>{_e(title)}</h1>",
-        "<nav><ul>",
-        *(f'<li><a href="#{_e(key)}">{_e(text)}</a></li>' for key, text in SECTIONS),
-        "</ul></nav>",
-    ]
-    open_section = False
-    for block in blocks:
-        if isinstance(block, Heading) and block.level == 2:
-            if open_section:
-                out.append("</section>")
-            out.append(f'<section id="{_e(block.anchor)}">')
-            open_section = True
-        out.append(_html_block(block))
-    if open_section:
-        out.append("</section>")
-    out += ["</body>", "</html>", ""]
-    return "\n".join(out)
-
-
-def _html_block(block) -> str:
-    if isinstance(block, Heading):
-        anchor = f' id="{_e(block.anchor)}-title"' if block.anchor else ""
-        return f"<h{block.level}{anchor}>{_e(block.text)}</h{block.level}>"
-    if isinstance(block, Paragraph):
-        return f"<p>{_e(block.text)}</p>"
-    if isinstance(block, Note):
-        return f'<p class="note">{_e(block.text)}</p>'
-    if isinstance(block, Preformatted):
-        return f"<pre>{_e(block.text)}</pre>"
-    if isinstance(block, Image):
-        data = base64.b64encode(block.png).decode("ascii")
-        return (
-            f'<figure><img src="data:image/png;base64,{data}" alt="{_e(block.caption)}">'
-            f"<figcaption>{_e(block.caption)}</figcaption></figure>"
-        )
-    if isinstance(block, Table):
-        return _html_table(block)
-    raise TypeError(f"unknown block {block!r}")
-
-
-def _html_table(block: Table) -> str:
-    frame = block.frame
-    if frame.empty:
-        return f'<p class="note">{_e(block.caption or "Table")}: no rows.</p>'
-    numeric = tables.numeric_columns(frame)
-    out = ['<div class="scroll"><table>']
-    if block.caption:
-        out.append(f"<caption>{_e(block.caption)}</caption>")
-    header = "".join(f"<th>{_e(c)}</th>" for c in frame.columns)
-    out.append(f"<thead><tr>{header}</tr></thead>")
-    out.append("<tbody>")
-    for values in frame.itertuples(index=False, name=None):
-        cells = []
-        for column, value in zip(frame.columns, values, strict=True):
-            classes = []
-            if column in numeric:
-                classes.append("num")
-            if column == block.verdict_column:
-                word = tables.verdict_word(value)
-                classes.append({"not applicable": "na"}.get(word, word))
-            attr = f' class="{_e(" ".join(classes))}"' if classes else ""
-            cells.append(f"<td{attr}>{_e(tables.format_value(value))}</td>")
-        out.append("<tr>" + "".join(cells) + "</tr>")
-    out.append("</tbody></table></div>")
-    return "\n".join(out)
-
-
-def _m(text) -> str:
-    """Text for Markdown: a '<' that would open an HTML tag or comment is written as &lt;."""
-    return re.sub(r"<(?=[A-Za-z/!?])", "&lt;", str(text))
-
-
-def render_markdown(blocks, *, title: str = TITLE) -> str:
-    """The blocks as Markdown; figures referenced by their file names."""
-    out = [f"# {_m(title)}", ""]
-    out += [f"- [{text}](#{_md_anchor(text)})" for _, text in SECTIONS]
-    out.append("")
-    for block in blocks:
-        if isinstance(block, Heading):
-            out += ["#" * block.level + " " + _m(block.text), ""]
-        elif isinstance(block, Paragraph):
-            out += [_m(block.text), ""]
-        elif isinstance(block, Note):
-            out += [f"> **Note:** {_m(block.text)}", ""]
-        elif isinstance(block, Preformatted):
-            out += ["```json", block.text, "```", ""]
-        elif isinstance(block, Image):
-            alt = _m(block.caption.replace("[", "(").replace("]", ")"))
-            out += [f"![{alt}]({block.name})", "", f"*{alt}*", ""]
-        elif isinstance(block, Table):
-            if block.caption:
-                out += [f"**{_m(block.caption)}**", ""]
-            rendered = tables.markdown_table(block.frame).rstrip()
-            out += [rendered if len(block.frame) else "(no rows)", ""]
-        else:
-            raise TypeError(f"unknown block {block!r}")
-    return "\n".join(out).rstrip() + "\n"
-
-
-def _md_anchor(text: str) -> str:
-    """GitHub's heading anchor: lower case, punctuation dropped, spaces to hyphens."""
-    return re.sub(r"[^a-z0-9 _-]", "", text.lower()).replace(" ", "-")

@@ -13,6 +13,7 @@ before runs stored their verdicts; it is refused in one line that says to rerun 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -40,6 +41,9 @@ class Run:
     kind: str  # one of KINDS
     label: str  # the ``source`` of its tidy rows
     results: dict = field(repr=False)  # parsed results.json
+    # (folder, file name) of every table read, shared by the runs of one report, newest last:
+    # names the file when its content turns out unusable (:func:`last_read`)
+    reads: list = field(default_factory=list, repr=False, compare=False)
 
     def has(self, name: str) -> bool:
         return (self.folder / name).is_file()
@@ -49,6 +53,7 @@ class Run:
         path = self.folder / name
         if not path.is_file():
             return None
+        self.reads.append(path)
         try:
             return pd.read_csv(path)
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
@@ -65,7 +70,42 @@ class Run:
         return value if isinstance(value, dict) else {}
 
 
-def load_run(folder, *, label: str | None = None) -> Run:
+def last_read(runs) -> Path | None:
+    """The file most recently read through ``Run.table`` by any of ``runs``."""
+    for run in runs:
+        return run.reads[-1] if run.reads else None
+    return None  # no runs
+
+
+def file_sha256(path) -> str:
+    """SHA-256 (hex) of a file's bytes, as listed under ``files`` in ``results.json``."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_files(folder: Path, files, *, kind: str | None = None) -> None:
+    """Raise ``RunFolderError`` naming the first file that ``files`` (``results.json``'s
+    ``{relative path: SHA-256}``; ``results.json`` itself maps to null) lists but that is missing
+    from ``folder`` or holds other bytes. Folders written before hashes were recorded (a plain
+    list, or no ``files``) are not checked: the report names their missing parts as before."""
+    if not isinstance(files, dict):
+        return
+    rerun = f"rerun python -m validation {kind}" if kind else "rerun that run"
+    for name, digest in sorted(files.items()):
+        path = folder / str(name)
+        if not path.is_file():
+            raise RunFolderError(f"{path}: missing (listed in {folder / 'results.json'}); {rerun}")
+        if digest is not None and file_sha256(path) != digest:
+            raise RunFolderError(
+                f"{path}: changed since the run wrote it (its SHA-256 differs from the one in "
+                f"{folder / 'results.json'}); {rerun}"
+            )
+
+
+def load_run(folder, *, label: str | None = None, reads: list | None = None) -> Run:
     """Read ``folder/results.json``; raise ``RunFolderError`` (one line) when it is unusable."""
     folder = Path(folder)
     if not folder.exists():
@@ -90,9 +130,12 @@ def load_run(folder, *, label: str | None = None) -> Run:
             "(the folders written by python -m validation synthetic, paper, network; "
             "an epoch sweep of network --checkpoints stands for its epoch folders)"
         )
+    verify_files(folder, results.get("files"), kind=kind)
     if label is None:
         label = kind if folder.name == kind else f"{kind}: {folder.name}"
-    return Run(folder=folder, kind=kind, label=label, results=results)
+    return Run(
+        folder=folder, kind=kind, label=label, results=results, reads=[] if reads is None else reads
+    )
 
 
 def expand_epoch_sweeps(folders) -> list[Path]:
@@ -108,6 +151,7 @@ def expand_epoch_sweeps(folders) -> list[Path]:
             names = results.get("folders")
             if not isinstance(names, dict) or not names:
                 raise RunFolderError(f"{folder / 'results.json'}: an epoch sweep without folders")
+            verify_files(folder, results.get("files"), kind="network --checkpoints")
             out.extend(folder / str(name) for _, name in sorted(names.items(), key=_epoch_key))
         else:
             out.append(folder)
@@ -124,7 +168,8 @@ def _epoch_key(item):
 def load_runs(folders) -> list[Run]:
     """Every folder as a ``Run`` (epoch sweeps expanded into their epoch folders); labels made
     unique (parent folder added, then a number)."""
-    runs = [load_run(f) for f in expand_epoch_sweeps(folders)]
+    reads: list = []
+    runs = [load_run(f, reads=reads) for f in expand_epoch_sweeps(folders)]
     seen: dict[str, int] = {}
     out = []
     for run in runs:
@@ -134,7 +179,9 @@ def load_runs(folders) -> list[Run]:
         seen[label] = seen.get(label, 0) + 1
         if seen[label] > 1:
             label = f"{label} #{seen[label]}"
-        out.append(Run(folder=run.folder, kind=run.kind, label=label, results=run.results))
+        out.append(
+            Run(folder=run.folder, kind=run.kind, label=label, results=run.results, reads=reads)
+        )
     return out
 
 

@@ -164,6 +164,21 @@ def truncation_rows(P, k, *, c_trunc=C_TRUNC, n_extreme=3) -> int:
     return int(min(P, max(1, math.ceil(x * P ** (1.0 / 3.0)))))
 
 
+def band_draw_cost(P, k, *, n_extreme=3, c_trunc=C_TRUNC) -> tuple[float, float]:
+    """Estimated peak bytes and floating-point operations of one ``band_extremes`` draw.
+
+    With ``L = truncation_rows(...)`` and ``kb = max(k, 1)``: memory ~ 8 L (6 (kb + 1) + (n + 2)
+    _MAX_STEPS) bytes -- the band, its copies and factorisations, and the Krylov basis at its cap
+    (the largest term; ~50 MB at L = 20,000, n = 3); work ~ L (128 (kb + 1)^2 + 4 (8 (n + 2))^2)
+    -- about 64 banded factorisations (shift bisection, poles, Sturm count) and Gram-Schmidt on
+    the typical 8 blocks. Orders of magnitude, to refuse a run beyond the machine before it starts.
+    """
+    L = truncation_rows(P, k, c_trunc=c_trunc, n_extreme=n_extreme)
+    kb, block = max(int(k), 1), _check_n_extreme(n_extreme) + _EXTRA_BLOCK
+    memory = 8.0 * L * (6 * (kb + 1) + block * _MAX_STEPS)
+    return memory, L * (128.0 * (kb + 1) ** 2 + 4.0 * (8 * block) ** 2)
+
+
 def airy_turning_point(n):
     """``a_n = (3 pi (4n - 1) / 8)^(2/3)``: |n-th zero of Ai| to 1% (n = 1: 2.32, exact 2.338)."""
     return (3.0 * math.pi * (4 * n - 1) / 8.0) ** (2.0 / 3.0)

@@ -94,6 +94,15 @@ def dense_extremes(spikes, t, P, *, n_extreme=3, noise_norm=False, rng, dtype=np
     )
 
 
+def dense_draw_cost(P) -> tuple[float, float]:
+    """Estimated peak bytes and floating-point operations of one ``dense_extremes`` draw: about
+    six P x P float64 arrays (G, W, A, M, the eigenvectors, LAPACK's work space), 48 P^2 bytes;
+    ``eigh`` with vectors ~9 P^3 flops (Golub & Van Loan, table 8.3.1) plus ``eigvalsh`` of W for
+    ||W||, 10 P^3 in all. Orders of magnitude, to refuse a run beyond the machine up front."""
+    P = float(P)
+    return 48.0 * P * P, 10.0 * P**3
+
+
 def _entropy(rng):
     """A seed for SeedSequence drawn from ``rng`` (Generator, int, or None)."""
     return int(np.random.default_rng(rng).integers(2**63))

@@ -9,6 +9,7 @@ Hessians, Theorem 2 and the free convolution recomputed from ``rmt``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -19,15 +20,22 @@ import pytest
 import torch
 
 from nnhessian import reference
+from nnhessian.checkpoint import tensor_sha256
 from nnhessian.data import load_digits
 from nnhessian.models import build
-from reports.schema import TIDY_COLUMNS, VERDICTS
+from reports.schema import TIDY_COLUMNS
 from rmt import spectra, theory
 from rmt.freeconv import free_convolution_density
 from tests.helpers import F64, assert_refused, digits, exact_sigma2
 from tests.tolerances import (
+    DENSITY_INPUT_RTOL64,
+    DRAW_MEAN_RTOL64,
+    DRAW_SE_RTOL64,
     HVP_RTOL64,
+    LOGLOG_SLOPE_RTOL64,
     NETWORK_WEIGHT_SUM_ATOL,
+    SHAPE_STATISTIC_RTOL64,
+    SPECTRA_SUM_RTOL,
     THEORY_RTOL,
     Z_STAT,
     freeconv_density_atol,
@@ -35,15 +43,16 @@ from tests.tolerances import (
 )
 from validation.checks.network import growth_law
 from validation.checks.network_extremes import spread_row
+from validation.checks.verdict import NOT_APPLICABLE, interval_verdict, spread_verdict, z_verdict
 from validation.cli import main
-from validation.network.config import DENSITY_CURVES, stream_generator
+from validation.network.config import DENSITY_CURVES, TRAINED_WEIGHTS, stream_generator
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 N_TOY, WIDTH, SIZES = 120, 2, (8, 30)
 FILES = {
     "results.json", "summary.csv", "ritz.csv", "density.csv", "sigma2.csv", "sweep.csv",
     "batch_draws.csv", "ritz_full_vs_batch.png", "density.png", "noise_spectrum.png",
-    "batch_sweep.png",
+    "batch_sweep.png", "per_sample.csv",
 }  # fmt: skip
 
 
@@ -104,6 +113,36 @@ def exact(toy_run):
     return {"H": H, "batches": batches, "sigma2": sigma2, "results": results}
 
 
+def expected_verdict(row, run) -> str:
+    """The verdict a row's inputs determine, by validation.checks.verdict's rules: the spread
+    rule on the draws in batch_draws.csv for "batch-spread", no verdict for a row the run has no
+    spread for (noise-variance with one draw, free convolution with one Lanczos step), else the
+    z rule on the row's own predicted, measured and uncertainty."""
+    config = json.loads((run / "results.json").read_text())["provenance"]["config"]
+    z = config["z_crit"]
+    if row.check == "batch-spread":
+        B = int(row.quantity.rsplit("B=", 1)[1])
+        side = "max" if "lambda_max" in row.quantity else "min"
+        draws = pd.read_csv(run / "batch_draws.csv")
+        return spread_verdict(draws.loc[draws.B == B, f"lambda_{side}"], row.predicted, z)[0]
+    if row.check in ("ggn-gram", "level-spacing") or "[free limit" in row.quantity:
+        return NOT_APPLICABLE  # reported beside each other; no uncertainty claimed
+    if row.check == "batch-model" and "quantile" in row.quantity:
+        low, high = (float(v) for v in row.quantity.split("interval ")[1].rstrip("]").split(", "))
+        return interval_verdict(row.predicted, low, high)
+    no_spread = row.check == "noise-variance" and config["batch_draws"] == 1
+    if no_spread or row.quantity.endswith("(needs --steps >= 2)"):
+        return NOT_APPLICABLE
+    return z_verdict(row.predicted, row.measured, row.uncertainty, z)
+
+
+def assert_verdicts_follow_from_the_rows(run) -> pd.DataFrame:
+    summary = pd.read_csv(run / "summary.csv")  # floats read back exactly (round trip)
+    for row in summary.itertuples():
+        assert row.verdict == expected_verdict(row, run), row
+    return summary
+
+
 def test_files_schema_and_provenance(toy_run):
     assert {p.name for p in toy_run.iterdir()} == FILES
     results = json.loads((toy_run / "results.json").read_text())
@@ -139,10 +178,9 @@ def test_files_schema_and_provenance(toy_run):
         )
         assert row.ci_low < row.value < row.ci_high
 
-    summary = pd.read_csv(toy_run / "summary.csv")
+    summary = assert_verdicts_follow_from_the_rows(toy_run)
     assert tuple(summary.columns) == TIDY_COLUMNS
     assert (summary.source == "network").all()
-    assert all(v.split(" (")[0] in VERDICTS for v in summary.verdict)
     checks = set(summary.check)
     for check in (
         "sigma2", "lanczos-exact", "slq-exact", "theorem2", "free-convolution-outlier",
@@ -167,6 +205,12 @@ def test_files_schema_and_provenance(toy_run):
     assert density.loc[density.curve == "full", "B"].isna().all()
     sweep = pd.read_csv(toy_run / "sweep.csv")
     assert list(sweep.B) == list(SIZES)
+    for row in sweep.itertuples():  # the Theorem 2 rows compare the sweep's numbers
+        for side in ("max", "min"):
+            quantity = f"lambda_{side} batch B={row.B}"
+            t2 = summary[(summary.check == "theorem2") & (summary.quantity == quantity)].iloc[0]
+            assert t2.predicted == getattr(row, f"predicted_{side}")
+            assert t2.measured == getattr(row, f"measured_{side}")
     # one draw per B (the default): batch_draws.csv holds the sweep's measured extremes
     assert results["batch_draws"] == 1 and "batch_draws" not in sweep
     draws = pd.read_csv(toy_run / "batch_draws.csv")
@@ -219,14 +263,16 @@ def test_batch_draws_match_exact_eigenvalues_and_make_the_sweep(toy_run, draws_r
             assert values[0] == single.loc[B, f"measured_{side}"]  # draw 0 unchanged
             mean, se = values.mean(), values.std(ddof=1) / np.sqrt(DRAWS)
             assert se > 0
-            assert sweep.loc[B, f"measured_{side}"] == pytest.approx(mean, rel=1e-13)
-            assert sweep.loc[B, f"measured_{side}_draw_se"] == pytest.approx(se, rel=1e-12)
+            assert sweep.loc[B, f"measured_{side}"] == pytest.approx(mean, rel=DRAW_MEAN_RTOL64)
+            draw_se = sweep.loc[B, f"measured_{side}_draw_se"]
+            assert draw_se == pytest.approx(se, rel=DRAW_SE_RTOL64)
             assert se <= sweep.loc[B, f"measured_{side}_se"]
             quantity = f"lambda_{side} batch B={B}"
             for check in ("theorem2", "free-convolution-outlier"):
                 row = summary[(summary.check == check) & (summary.quantity == quantity)].iloc[0]
-                assert row.measured == pytest.approx(mean, rel=1e-13)
+                assert row.measured == pytest.approx(mean, rel=DRAW_MEAN_RTOL64)
                 assert row.uncertainty >= se
+    assert_verdicts_follow_from_the_rows(draws_run)  # batch-spread: the spread rule on the draws
     # the noise checks and densities stay on draw 0: the same as the K = 1 run's
     for name in ("ritz.csv", "density.csv"):
         assert (draws_run / name).read_bytes() == (toy_run / name).read_bytes(), name
@@ -262,11 +308,13 @@ def test_noise_variance_row_is_the_mean_over_draws_of_tr_n2(toy_run, draws_run, 
             means.append(float(np.mean(values)))
         quantity = f"tr(N^2)/P, mean of {DRAWS} batch draws noise B={B}"
         row = summary[(summary.check == "noise-variance") & (summary.quantity == quantity)].iloc[0]
-        assert row.measured == pytest.approx(np.mean(means), rel=1e-13)
-        assert sweep.loc[B, "noise_m2_mean"] == pytest.approx(np.mean(means), rel=1e-13)
+        assert row.measured == pytest.approx(np.mean(means), rel=DRAW_MEAN_RTOL64)
+        assert sweep.loc[B, "noise_m2_mean"] == pytest.approx(np.mean(means), rel=DRAW_MEAN_RTOL64)
         assert row.predicted == pytest.approx(sweep.loc[B, "t"], rel=THEORY_RTOL)
         assert row.uncertainty >= np.std(means, ddof=1) / np.sqrt(DRAWS)
-        assert row.verdict in ("agrees", "disagrees")
+        # the z rule on the reference mean and t: the verdict these inputs determine
+        z = results["provenance"]["config"]["z_crit"]
+        assert row.verdict == z_verdict(sweep.loc[B, "t"], np.mean(means), row.uncertainty, z)
         one = summary1[summary1.check == "noise-variance"]
         assert set(one.verdict) == {"not applicable"}
 
@@ -288,14 +336,16 @@ def _extreme(frame, side):
     return frame.value.max() if side == "max" else frame.value.min()
 
 
-def test_lanczos_extremes_match_exact_eigenvalues(toy_run, exact):
-    ritz = pd.read_csv(toy_run / "ritz.csv")
-    sweep = pd.read_csv(toy_run / "sweep.csv").set_index("B")
-    P = exact["H"].shape[0]
-    matrices = {("full", None): exact["H"]}
-    for B, H_B in exact["batches"].items():
+def assert_extremes_are_the_dense_ones(run, H, batches, *, exact_column=True):
+    """With steps = P every Lanczos extreme in ritz.csv and sweep.csv is an eigenvalue extreme
+    of the dense reference: H_emp = ``H``, H_B = ``batches[B]`` and N_B = H_B - H_emp."""
+    ritz = pd.read_csv(run / "ritz.csv")
+    sweep = pd.read_csv(run / "sweep.csv").set_index("B")
+    P = H.shape[0]
+    matrices = {("full", None): H}
+    for B, H_B in batches.items():
         matrices[("batch", B)] = H_B
-        matrices[("noise", B)] = H_B - exact["H"]
+        matrices[("noise", B)] = H_B - H
     for (operator, B), M in matrices.items():
         ev = torch.linalg.eigvalsh(M).numpy()
         atol = network_eig_atol(np.abs(ev).max(), P)
@@ -304,9 +354,14 @@ def test_lanczos_extremes_match_exact_eigenvalues(toy_run, exact):
             assert abs(_extreme(rows, side) - truth) <= atol, (operator, B, side)
             if operator == "batch":
                 assert abs(sweep.loc[B, f"measured_{side}"] - truth) <= atol
-                assert abs(sweep.loc[B, f"exact_{side}"] - truth) <= atol
+                if exact_column:
+                    assert abs(sweep.loc[B, f"exact_{side}"] - truth) <= atol
             if operator == "noise":
                 assert abs(sweep.loc[B, f"noise_{side}"] - truth) <= atol
+
+
+def test_lanczos_extremes_match_exact_eigenvalues(toy_run, exact):
+    assert_extremes_are_the_dense_ones(toy_run, exact["H"], exact["batches"])
 
 
 def test_sigma2_estimators_agree_with_exact_value(exact):
@@ -348,7 +403,8 @@ def test_density_curves_are_the_stated_functions_of_stored_spectra(toy_run):
         pred = density[(density.curve == "batch predicted") & (density.B == B)]
         ref = free_convolution_density(full.value, full.weight / probes, t, pred.x)
         atol = freeconv_density_atol(pred.x.to_numpy(), t, ref)
-        assert np.all(np.abs(pred.density.to_numpy() - ref) <= 2 * atol + 1e-12 * ref.max())
+        slack = 2 * atol + DENSITY_INPUT_RTOL64 * ref.max()
+        assert np.all(np.abs(pred.density.to_numpy() - ref) <= slack)
         semi = density[(density.curve == "noise semicircle") & (density.B == B)]
         np.testing.assert_allclose(
             semi.density, theory.semicircle_density(semi.x, t), rtol=THEORY_RTOL, atol=0
@@ -356,20 +412,37 @@ def test_density_curves_are_the_stated_functions_of_stored_spectra(toy_run):
 
 
 def test_trained_cnn_bn_run_without_exact_check(tmp_path):
-    out = tmp_path / "cnn"
+    """cnn_bn (P = 194 at width 1) trained on the spot, the run's own exact check off: the
+    trained weights (saved in --state-dir) give dense reference Hessians (BatchNorm in eval
+    mode, as the run's default policy), whose extreme eigenvalues the run's Lanczos extremes
+    (steps = P) must be."""
+    out, state = tmp_path / "cnn", tmp_path / "state"
     args = [
-        "network", "--model", "cnn_bn", "--width", "2", "--samples", "60",
-        "--train-epochs", "2", "--batch-sizes", "10", "--steps", "12", "--probes", "2",
-        "--sigma2-probes", "2", "--exact", "no", "--out", str(out), "--quiet",
+        "network", "--model", "cnn_bn", "--width", "1", "--samples", "60",
+        "--train-epochs", "2", "--batch-sizes", "10", "--steps", "500", "--probes", "2",
+        "--sigma2-probes", "2", "--exact", "no", "--state-dir", str(state),
+        "--out", str(out), "--quiet",
     ]  # fmt: skip
     assert main(args) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["epoch"] is None and not results["exact_check"]
+    assert results["P"] == results["steps"] == 194
     training = results["training"]
     assert training["sgd_steps"] == 2 and training["loss_after"] < training["loss_at_init"]
-    summary = pd.read_csv(out / "summary.csv")
+    summary = assert_verdicts_follow_from_the_rows(out)
     assert "lanczos-exact" not in set(summary.check)
     assert len(pd.read_csv(out / "sweep.csv")) == 1
+
+    trained = torch.load(state / TRAINED_WEIGHTS, map_location="cpu", weights_only=True)
+    model = build("cnn_bn", 10, in_channels=1, image_size=8, width=1).double()
+    model.load_state_dict(trained["state"])  # float64, as trained by the run: no rounding
+    data = digits(True).subset(range(60))
+    digest = hashlib.sha256((tensor_sha256(data.X) + tensor_sha256(data.y)).encode())
+    assert results["data_identity"]["sha256"] == digest.hexdigest()  # the run's data
+    H = reference.dense_hessian(model, data, dtype=F64)
+    idx = results["batch_indices"]["10"]
+    batches = {10: reference.dense_hessian(model, data, idx, dtype=F64)}
+    assert_extremes_are_the_dense_ones(out, H, batches, exact_column=False)
 
 
 # ---- the comparison helpers -----------------------------------------------------------------
@@ -382,7 +455,7 @@ def test_weighted_w1_reproduces_the_equal_weight_version():
     density = np.exp(-0.5 * grid**2)
     expected = spectra.wasserstein1_to_density(samples, grid, density)
     got = spectra.wasserstein1_measure_to_density(samples, np.full(300, 1 / 300), grid, density)
-    assert abs(got - expected) <= 1e3 * np.finfo(float).eps * expected
+    assert abs(got - expected) <= SPECTRA_SUM_RTOL * expected
     # weights matter: all mass on the largest sample is farther from N(0, 1)
     heavy = np.where(samples == samples.max(), 1.0, 0.0)
     assert spectra.wasserstein1_measure_to_density(samples, heavy, grid, density) > 2 * got
@@ -405,7 +478,7 @@ def test_shape_statistics_of_a_semicircle_and_a_point_pair():
     # two atoms at 0 (weight 3/4) and 1 (1/4): skewness (1 - 2p)/sqrt(p(1-p)) with p = 1/4
     m = np.array([0.25, 0.25, 0.25, 0.25])
     skew, _ = spectra.shape_statistics(m)
-    assert skew == pytest.approx(0.5 / np.sqrt(0.1875), rel=1e-14)
+    assert skew == pytest.approx(0.5 / np.sqrt(0.1875), rel=SHAPE_STATISTIC_RTOL64)
 
 
 # ---- bad input: one line, exit status 2, nothing written ------------------------------------
@@ -498,7 +571,7 @@ def test_batch_spread_row_is_a_chi_square_test_of_the_theory_sd():
     agreeing = 1.0 + sd * rng.standard_normal(K)
     row = spread_row(agreeing, sd, "q", "outlier", 4.0)
     assert row["check"] == "batch-spread" and row["predicted"] == sd
-    assert row["measured"] == pytest.approx(agreeing.std(ddof=1))
+    assert row["measured"] == agreeing.std(ddof=1)  # the same numpy call on the same draws
     statistic = (K - 1) * agreeing.std(ddof=1) ** 2 / sd**2
     alpha = 2 * stats.norm.sf(4.0)
     inside = stats.chi2.ppf(alpha / 2, K - 1) <= statistic <= stats.chi2.isf(alpha / 2, K - 1)
@@ -517,7 +590,7 @@ def test_growth_law_skips_b_equal_n_in_the_log_log_slope():
     lam = 3.0 * np.sqrt(f) + np.array([0, 0, 0, 1.0])
     sweep = pd.DataFrame({"f": f, "measured_max": lam, "lambda_full_max": 1.0})
     law = growth_law(sweep, sigma2=1e-4, P=100)
-    assert law["loglog_slope_vs_f"] == pytest.approx(0.5, rel=1e-12)
+    assert law["loglog_slope_vs_f"] == pytest.approx(0.5, rel=LOGLOG_SLOPE_RTOL64)
     assert np.isnan(growth_law(sweep.iloc[2:], sigma2=1e-4, P=100)["loglog_slope_vs_f"])
 
 
@@ -547,3 +620,39 @@ def test_one_lanczos_step_runs_and_skips_the_free_convolution(tmp_path, checkpoi
     rows = summary[summary.check == "free-convolution-outlier"]
     assert len(rows) == 2 * len(SIZES) and set(rows.verdict) == {"not applicable"}
     assert rows.quantity.str.endswith("(needs --steps >= 2)").all()
+
+
+def test_batch_models_are_the_rmt_models_of_the_stored_curvature(draws_run):
+    """batch_models.csv holds, per B, M2 = rmt.extreme_model applied to the stored per-sample
+    table and H_emp's lambda_max, the measured law of the stored draws, and summary rows whose
+    verdicts the one rule gives for their numbers."""
+    from rmt.extreme_model import extreme_value_model
+    from validation.checks.batch_models import MODELS, measured_law
+    from validation.checks.verdict import interval_verdict, z_verdict
+
+    results = json.loads((draws_run / "results.json").read_text())
+    per_sample = pd.read_csv(draws_run / "per_sample.csv")
+    assert len(per_sample) == results["N"] == results["curvature"]["samples"]
+    table = pd.read_csv(draws_run / "batch_models.csv")
+    draws = pd.read_csv(draws_run / "batch_draws.csv")
+    assert set(table.model) == set(MODELS) and tuple(sorted(set(table.B))) == tuple(SIZES)
+    theta = results["curvature"]["full_top"]
+    for B in SIZES:
+        m2 = table[(table.B == B) & (table.model == "M2")].iloc[0]
+        ref = extreme_value_model(theta, per_sample.top_ggn, per_sample.top_overlap, B)
+        assert m2.predicted_mean == pytest.approx(ref.mean, rel=1e-12)
+        assert m2.predicted_sd == pytest.approx(ref.sd, rel=1e-12)
+        law = measured_law(draws[draws.B == B].lambda_max.to_numpy())
+        assert m2.measured_mean == pytest.approx(law["mean"], rel=1e-12)
+        assert m2.measured_sd == pytest.approx(law["sd"], rel=1e-12)
+    summary = pd.read_csv(draws_run / "summary.csv")
+    rows = summary[summary.check == "batch-model"]
+    assert len(rows) == 4 * len(table)  # mean, sd, two quantiles per (B, model)
+    for r in rows.itertuples():
+        if r.quantity.startswith(("mean", "sd")) and "free limit" not in r.quantity:
+            assert r.verdict == z_verdict(r.predicted, r.measured, r.uncertainty, 4.0)
+        elif "quantile" in r.quantity:
+            low, high = (float(v) for v in r.quantity.split("interval ")[1].rstrip("]").split(", "))
+            assert r.verdict == interval_verdict(r.predicted, low, high)
+    assert set(results["batch_model_goal"]) == set(MODELS)
+    assert (draws_run / "batch_models.png").is_file()

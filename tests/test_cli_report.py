@@ -47,8 +47,11 @@ def test_rebuilding_drops_figures_of_the_earlier_report(inputs, tmp_path, capsys
     assert main(["report", str(inputs / "network"), "--out", str(out)]) == 0
     assert len(list(out.glob("figure-*.png"))) == 4
     (out / "notes.txt").write_text("mine")
-    assert main(["report", str(inputs / "paper"), "--out", str(out)]) == 0
-    assert list(out.glob("figure-*.png")) == [] and (out / "notes.txt").exists()
+    # another report (other inputs) into the same folder is refused unless --overwrite; then the
+    # folder is replaced whole: nothing of the earlier report, nor a file put there, survives
+    assert main(["report", str(inputs / "paper"), "--out", str(out)]) == 2
+    assert main(["report", str(inputs / "paper"), "--out", str(out), "--overwrite"]) == 0
+    assert list(out.glob("figure-*.png")) == [] and not (out / "notes.txt").exists()
 
 
 def _write(path, text):

@@ -79,8 +79,13 @@ def test_structure():
     blocks = [m for m in res.modules() if isinstance(m, PreActBottleneck)]
     assert len(blocks) == 36  # 12 per stage
     assert sum(b.downsample is not None for b in blocks) == 3
-    # depth 110 = stem conv + 3 convs per block on the main path + the classifier
-    assert 1 + 3 * len(blocks) + 1 == 110
+    # depth 110 (the paper's name) = the weight layers on the main path, counted in the model:
+    # every convolution but the 3 projection shortcuts, plus the classifier
+    projections = [b.downsample for b in blocks if b.downsample is not None]
+    shortcuts = sum(isinstance(m, nn.Conv2d) for p in projections for m in p.modules())
+    convs = sum(isinstance(m, nn.Conv2d) for m in res.modules())
+    linears = sum(isinstance(m, nn.Linear) for m in res.modules())
+    assert shortcuts == 3 and convs - shortcuts + linears == 110
     assert all(not getattr(m, "inplace", False) for m in (*vgg.modules(), *res.modules()))
 
 

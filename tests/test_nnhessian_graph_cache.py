@@ -153,12 +153,20 @@ def test_determinism_check_still_catches_dropout_with_graphs_cached(monkeypatch)
     model.train()
     monkeypatch.setattr(hvp, "policy_mode", lambda m, p: contextlib.nullcontext())
     torch.manual_seed(0)  # test fixture: the dropout masks come from the global RNG
-    op = HessianOperator.full(
-        model, subset(False), batch_size=BATCH, dtype=F64, graph_cache_bytes=BIG, verify=False
+    op, plain = (
+        HessianOperator.full(
+            model, subset(False), batch_size=BATCH, dtype=F64, graph_cache_bytes=b, verify=False
+        )
+        for b in (BIG, 0)
     )
     v = probes(op.dim, 1)[0]
+    masks = torch.get_rng_state()
     first = op.matvec(v)  # keeps one dropout mask per batch
-    assert torch.equal(op.matvec(v), first)  # what the cache alone would report
+    # reference: the uncached operator with the same masks (the same draws from the same state)
+    torch.set_rng_state(masks)
+    assert torch.equal(plain.matvec(v), first)
+    assert not torch.equal(plain.matvec(v), first)  # new masks: the product is stochastic
+    assert torch.equal(op.matvec(v), first)  # ... but the cache repeats the first masks
     with pytest.raises(DeterminismError, match="stochastic"):
         op.check_determinism()
 

@@ -148,6 +148,7 @@ def _batchnorm_problem():
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,  # the comparison below (relative error 0.80), nothing else
     reason="torch.func mishandles BatchNorm batch statistics in torch 2.14 (vmap through the "
     "batch_norm backward, forward-mode or reverse); when this passes, torch is fixed and the "
     "reference may use torch.func under policy 'batch-stats' too",
@@ -159,6 +160,8 @@ def _batchnorm_problem():
 )
 def test_torch_func_hessian_batchnorm_batch_stats_upstream_bug(transform):
     f, theta = _batchnorm_problem()
-    H_func = transform(f)(theta)
+    # detached: jacrev(jacrev) returns a tensor that requires grad, and converting it to a float
+    # warns (an error under this suite's warning filter), which would pass as the expected failure
+    H_func = transform(f)(theta).detach()
     H_loop = torch.autograd.functional.hessian(f, theta)
     assert rel_err(H_func, H_loop) <= HVP_RTOL64

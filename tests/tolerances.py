@@ -257,3 +257,101 @@ DENSE_CLOSED_FORM_RTOL64 = 100 * EPS64
 # with cancellation across samples up to 10x and n = 23: ~ 220 eps relative, 1e3 eps allowed,
 # while equal chunk weights instead of n_chunk / n move it by O(1/n) = 4%.
 DENSE_REORDER_RTOL64 = 1e3 * EPS64
+
+
+# ---- lockstep products (tests/test_nnhessian_lockstep.py) ------------------------------------
+# k products from one vmapped reverse pass (is_grads_batched) vs k separate passes, float64: the
+# same sums of <= a few hundred terms per entry (batch of 10, hidden 6, 10 classes) in another
+# order, <= n eps relative each (Higham 2002, eq. 4.4): ~ 1e-13; 1e-11 allowed, while a product
+# against the wrong vector or a missing batch is O(1) off.
+BATCHED_REVERSE_RTOL64 = 1e-11
+
+# ---- nnhessian.ggn / nnhessian.curvature (tests/test_nnhessian_curvature.py) -------------------
+# Per-sample and batch GGN eigenvalues vs the dense float64 reference, norm-wise relative: the
+# Jacobians (vmap of jacrev per sample vs jacrev of the batch) are the same derivatives summed in
+# another order, ~1e2 eps relative (HVP_RTOL64's derivation); Lambda^(1/2) from eigh enters only
+# through its square, Lambda + O(C eps ||Lambda||) (eigh's backward error); eigvalsh of M_i, K or
+# the P x P reference adds 10 n eps of the norm (eig_atol), n <= P = 616 or B C = 500: 6e3 eps.
+# In all ~1e4 eps = 2e-12 (observed <= 3e-15); 1e-10 as in STYLE.md, while a missing -p p^T in
+# Lambda moves the spectrum by O(1) (GGN_WRONG_LAMBDA_MIN).
+GGN_RTOL64 = 1e-10
+# Least error the tests must see with the wrong Lambda = diag(p): its top eigenvalue is about
+# max_c p_c ||J||^2 instead of ~ (1 - p_max) ||J||^2 -- O(p) relative even near uniform p at
+# initialisation (observed >= 0.04 on mlp, cnn, cnn_bn); 1e-3 is 1e7 times the tolerance above.
+GGN_WRONG_LAMBDA_MIN = 1e-3
+# Residual share ||H - G|| / ||H|| for softmax regression (H_i = G_i exactly): both sides are
+# products of a softmax (a few eps) and two features, a few hundred flops per entry as in
+# DENSE_CLOSED_FORM_RTOL64; 1e3 eps (observed 3e-15) against a share of O(0.1-1) for the MLP.
+RESIDUAL_LINEAR_ATOL64 = 1e3 * EPS64
+
+# ---- rmt.tails (tests/test_rmt_tails.py) --------------------------------------------------------
+# Hill's estimate on a hand sample: a sum of k <= 3 logarithms and one division, a few roundings.
+HILL_SUM_RTOL = 8 * EPS64
+
+# ---- tests that can fail (issue 11): network runs, GPU check, stored rows --------------------
+# A mean over K <= 10 draws recomputed from the CSV against the run's stored mean (sweep.csv,
+# summary.csv): the same K float64 numbers summed on both sides, possibly in another order, and
+# of one sign (extremes, second moments): <= K eps relative (Higham 2002, eq. 4.4), plus one ulp
+# of pandas' default CSV float parser on each side: ~ 12 eps = 2.7e-15; 1e-13 leaves margin, while
+# a mean over other draws (draw 0 alone, a draw twice) moves it by the spread, >= 1e-3 relative.
+DRAW_MEAN_RTOL64 = 1e-13
+# The standard error over the K draws (sample sd / sqrt K) recomputed from the CSV: the deviations
+# x_i - mean carry <= 2 eps |mean| each, i.e. 2 eps |mean| / sd relative to the sd; |mean| / sd <=
+# 1e3 on the toy runs gives <= 4.4e-13 (plus the parser's ulp); 1e-12. A ddof of 0 instead of 1 is
+# off by 18% at K = 3.
+DRAW_SE_RTOL64 = 1e-12
+# The free-convolution density recomputed from ritz.csv: its nodes and weights went through the
+# CSV (one ulp each) and are normalised by the probe count rather than by their sum (<= m probes
+# eps relative, m probes <= 500 here), so the measure the solver sees moves by ~1e-13 relative;
+# near a support edge the density has infinite slope, so this is an allowance on the scale of the
+# largest density value on top of freeconv_density_atol: 1e-12 max density (observed 2e-15), while
+# a wrong t or a missing probe moves the density by >= 1e-2 of its maximum.
+DENSITY_INPUT_RTOL64 = 1e-12
+# Standardised moment (skewness, kurtosis) from raw moments by hand: central moments by the
+# binomial formula (<= 4 terms, cancellation <= 4x), a power 3/2 and a division: <= 10 roundings
+# x 4 = 40 eps; 50 eps (observed 0.9 eps). A wrong coefficient moves the skewness by O(1).
+SHAPE_STATISTIC_RTOL64 = 50 * EPS64
+# Least-squares slope of log lambda against log f over n <= 10 points: each log carries eps
+# |log f| (|log f| <= 10), divided by the spread of log f (>= 1): ~ n eps max|log f| / spread
+# = 100 eps; observed 4 eps on an exact power law. Keeping B = N (log 0) or a wrong exponent is
+# off by O(1).
+LOGLOG_SLOPE_RTOL64 = 100 * EPS64
+# Two float32 products on a GPU whose reductions may reorder: each is within 1e3 eps32 of the
+# float64 product (HVP_RTOL32's derivation), so they differ by at most that (the same bound as
+# HessianOperator.check_determinism); on the CPU they are bit-identical (tolerance 0).
+GPU_REORDER_RTOL32 = 1e3 * EPS32
+
+
+def slq_second_moment_atol(m2, theta_max, steps: int, *, hvp_rtol: float, eps: float) -> float:
+    """|sum_j w_j theta_j^2 of one SLQ probe q (a run's ritz.csv) - ||H q||^2 (an independent
+    float64 autograd product)|.
+
+    Exact for m >= 2: e_1^T T_m^2 e_1 = alpha_1^2 + beta_1^2 = ||H q||^2 (Golub & Meurant 2010,
+    ch. 6: Gauss quadrature is exact up to degree 2m - 1). The run's product carries a norm-wise
+    relative error ``hvp_rtol`` (HVP_RTOL64 or HVP_RTOL32 for its dtype), the reference's
+    HVP_RTOL64, so ||H q||^2 moves by <= 2 (hvp_rtol + HVP_RTOL64) of itself; the quadrature from
+    the eigendecomposition of T_m (backward error ~ m eps ||T_m||, ||T_m|| = max |theta|) moves
+    (T^2)_11 by <= 2 m eps theta_max^2; doubled. A wrong batch weight, a missing batch or another
+    probe moves ||H q||^2 by O(1/N) = O(1e-2) relative.
+    """
+    return 2.0 * (hvp_rtol + HVP_RTOL64) * m2 + 4.0 * steps * eps * theta_max**2
+
+# ---- rmt.free_poisson (tests/test_rmt_free_poisson.py) -----------------------------------------
+# Mean top eigenvalue of the Monte-Carlo sum vs the model's edge, in units of the Tracy-Widom scale
+# sigma = (pi s P)^(-2/3) computed from the model's own square-root edge (rho ~ s sqrt(E - x)):
+# the TW1 mean is -1.21 sigma and finite-P corrections of the same order (observed -2.3 sigma at
+# P = 300); 3 sigma, plus Z_STAT standard errors of the mean over draws.
+FCP_EDGE_TW_UNITS = 3.0
+# Moments from a contour integral of G: the trapezoid rule on a circle of radius 40 around a
+# measure within |x| < 12 converges like (12/40)^M (M = 256 points: nothing left); the
+# subordination residual (64 eps (|z| + |w|)) times radius^k: 1e-12 relative. A missed cumulant
+# (k_2 not added, or k_1 when centred) moves the result by O(1).
+FCP_CONTOUR_RTOL = 1e-12
+
+# ---- rmt.subordination (tests/test_rmt_subordination.py) ---------------------------------------
+# A semicircle replaced by its n-point Gauss rule (n >= 400): G at distance d >= 0.05 from the
+# support is off by O(rho^(-2n)) (Gauss quadrature of an analytic integrand, Bernstein ellipse
+# through z), below 1e-20 here; the edge K(g*) and outliers likewise (observed 4e-16 on the edge);
+# what is left is the solvers' rounding, ~ 64 eps (|z| + |w|) ~ 1e-13: 1e-10 allowed. A variance
+# off by 0.1 moves the edge by 0.04.
+SUBORDINATION_GAUSS_ATOL = 1e-10

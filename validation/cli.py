@@ -33,6 +33,45 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
 )
 
 
+# The result folder each subcommand writes into --out, as ``(kind, configuration)`` of the
+# parsed arguments: compared with what --out holds before any work (``validation.store.
+# check_out``; ``run`` checks its stage folders itself).
+RESULT_IDENTITY = {
+    "validation.synthetic": "validation.synthetic:result_identity",
+    "validation.paper": "validation.paper:result_identity",
+    "validation.report": "validation.report:result_identity",
+    "validation.train": "validation.train:result_identity",
+    "validation.network": "validation.cli:network_identity",
+}
+OVERWRITE_HELP = (
+    "replace --out even when it holds another kind of run, a run of another configuration, or "
+    "files that are no result folder (a rerun of the same configuration replaces it anyway)"
+)
+
+
+def network_identity(args):
+    """``network``: one run, or an epoch sweep over ``--checkpoints`` (the configuration comes
+    from ``validation.network.config_from_args``; the sweep's identity from its module). Bad
+    options: None, so that ``network``'s command reports them (under torchrun rank 0 alone)."""
+    import validation.network as network
+    from validation.network.epochs import result_identity
+
+    try:
+        config = network.config_from_args(args)
+    except UsageError:
+        return None
+    return result_identity(config, args.checkpoints)
+
+
+def result_identity(args):
+    """``(kind, configuration)`` of the folder ``args`` will write, or None (no such check)."""
+    spec = RESULT_IDENTITY.get(args.command_module)
+    if spec is None:
+        return None
+    module, function = spec.split(":")
+    return getattr(importlib.import_module(module), function)(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="python -m validation", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -41,7 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
         before = set(sub.choices)
         module.add_parser(sub)
         for added in set(sub.choices) - before:
-            sub.choices[added].set_defaults(command_module=name)
+            parser_of = sub.choices[added]
+            parser_of.set_defaults(command_module=name)
+            # argparse keeps its options by string here; every subcommand with --out gets
+            # --overwrite, defined once
+            if "--out" in parser_of._option_string_actions:
+                parser_of.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     return parser
 
 
@@ -50,9 +94,13 @@ def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if isinstance(getattr(args, "out", None), Path):
-            from validation.store import check_writable
+            from validation.store import check_out, check_writable
 
             check_writable(args.out)
+            identity = result_identity(args)
+            if identity is not None:
+                kind, config = identity
+                args.out_state = check_out(args.out, kind, config, overwrite=args.overwrite)
         return importlib.import_module(args.command_module).command(args, started)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -40,6 +40,7 @@ import pandas as pd
 from rmt import theory
 from validation.checks.paper import paper_rows, theorem2_verdict
 from validation.errors import UsageError
+from validation.options import EXACT_INT_MAX
 
 COLUMNS = ("name", "P", "N", "B", "lambda_full", "predicted_printed", "measured")
 
@@ -145,11 +146,20 @@ def _compare(measured: float, pred) -> str:
 
 
 def read_rows(path) -> list[PaperRow]:
-    """User rows from a CSV with the columns of ``COLUMNS``; one clear error per bad value."""
+    """User rows from a CSV with the columns of ``COLUMNS``; one clear error per bad value.
+
+    Refused in one line (``UsageError``): a path that is missing, a folder or unreadable; a file
+    that is not CSV text; missing columns; no rows; and any value outside :func:`_row`'s ranges.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"no such file: {path}")
+    if not path.is_file():
+        raise UsageError(f"--rows {path} is not a file (expected a CSV with {', '.join(COLUMNS)})")
     try:
-        frame = pd.read_csv(path)
-    except FileNotFoundError:
-        raise UsageError(f"no such file: {path}") from None
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except OSError as exc:
+        raise UsageError(f"--rows {path}: cannot read it ({exc.strerror or exc})") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path}: not a readable CSV ({exc.__class__.__name__})") from None
     missing = [c for c in COLUMNS if c not in frame.columns]
@@ -165,17 +175,29 @@ def read_rows(path) -> list[PaperRow]:
     return rows
 
 
+# Ranges of a row: P, N, B integers in [1, 2^53] (exact in float64, the formulas' type); the
+# eigenvalues finite with |value| <= EIGENVALUE_MAX, so that t = lambda (lambda' - lambda) or
+# (lambda' / 2)^2 stays <= 1e100 and every derived column is finite.
+EIGENVALUE_MAX = 1e50
+
+
 def _row(record: dict, *, where: str) -> PaperRow:
     values = {}
     for name in ("P", "N", "B"):
         value = pd.to_numeric(record[name], errors="coerce")
-        if not np.isfinite(value) or value != int(value) or value < 1:
-            raise UsageError(f"{where}: {name} must be a positive integer, got {record[name]!r}")
+        if not np.isfinite(value) or value != int(value) or not 1 <= value <= EXACT_INT_MAX:
+            raise UsageError(
+                f"{where}: {name} must be an integer in [1, {EXACT_INT_MAX:,}] (2^53: exact in "
+                f"float64), got {record[name]!r}"
+            )
         values[name] = int(value)
     for name in ("lambda_full", "predicted_printed", "measured"):
         value = pd.to_numeric(record[name], errors="coerce")
-        if not np.isfinite(value):
-            raise UsageError(f"{where}: {name} must be a finite number, got {record[name]!r}")
+        if not np.isfinite(value) or abs(value) > EIGENVALUE_MAX:
+            raise UsageError(
+                f"{where}: {name} must be a finite number in [-{EIGENVALUE_MAX:g}, "
+                f"{EIGENVALUE_MAX:g}] (an eigenvalue), got {record[name]!r}"
+            )
         values[name] = float(value)
     if values["B"] > values["N"]:
         raise UsageError(f"{where}: B = {values['B']} exceeds N = {values['N']}")
@@ -211,15 +233,25 @@ def add_parser(sub) -> None:
     parser.add_argument("--out", type=Path, default=Path("results/paper"), help="result folder")
 
 
+def config_from_args(args) -> dict:
+    """The rows (read from ``--rows``, or the paper's), the factor and where the rows came from."""
+    rows = read_rows(args.rows) if args.rows is not None else list(PAPER_ROWS)
+    return {"rows": rows, "factor": args.factor, "source": str(args.rows or "paper")}
+
+
+def result_identity(args) -> tuple[str, dict]:
+    """Kind and configuration of the folder this command writes (``validation.store.check_out``)."""
+    return "paper", config_from_args(args)
+
+
 def command(args, started) -> int:
     """Derive the table of ``--rows`` (or the paper's), decide its rows, write ``--out``."""
     from validation.store import provenance, result_folder
 
     clock = time.perf_counter()
-    rows = read_rows(args.rows) if args.rows is not None else list(PAPER_ROWS)
-    table = paper_table(rows, factor=args.factor)
+    config = config_from_args(args)
+    table = paper_table(config["rows"], factor=args.factor)
     summary = paper_rows(table)
-    config = {"rows": rows, "factor": args.factor, "source": str(args.rows or "paper")}
     with result_folder(args.out) as w:
         w.csv("paper_table.csv", table)
         w.csv("summary.csv", summary)
@@ -231,7 +263,7 @@ def command(args, started) -> int:
                     config, started=started, wall_seconds=time.perf_counter() - clock
                 ),
                 "rows": table.to_dict(orient="records"),
-                "files": sorted(w.files + ["results.json"]),
+                "files": w.manifest(),
             },
         )
     for r in table.itertuples():

@@ -48,6 +48,24 @@ def add_parser(sub) -> None:
     )
 
 
+def report_config(folders) -> dict:
+    """The configuration of a report: its input folders, as given."""
+    return {"folders": [str(f) for f in folders]}
+
+
+def check_out_is_no_input(folders, out) -> None:
+    """``UsageError`` (one line) when ``out`` is one of the input folders."""
+    if Path(out).resolve() in {Path(f).resolve() for f in folders}:
+        raise UsageError(f"--out {out} is one of the input folders; choose another folder")
+
+
+def result_identity(args) -> tuple[str, dict]:
+    """Kind and configuration of the folder this command writes (``validation.store.check_out``);
+    ``UsageError`` first when ``--out`` is one of the inputs."""
+    check_out_is_no_input(args.folders, args.out)
+    return "report", report_config(args.folders)
+
+
 def command(args, started) -> int:
     import json
 
@@ -87,16 +105,13 @@ def build_report(folders, out=DEFAULT_OUT, *, started: datetime | None = None) -
         raise UsageError(f"--out {out} exists and is not a folder")
     try:
         runs = load_runs(folders)
-        inputs = {f.resolve() for f in folders}
-        if out.resolve() in inputs:
-            raise UsageError(f"--out {out} is one of the input folders; choose another folder")
+        check_out_is_no_input(folders, out)
         built = _report.build(runs, created=started)
     except RunFolderError as exc:
         raise UsageError(str(exc)) from None
 
     counts = built.summary["verdict"].map(verdict_word).value_counts().to_dict()
-    config = {"folders": [str(f) for f in folders]}
-    previous = _previous_report_files(out)
+    config = report_config(folders)
     with result_folder(out) as w:
         w.path("report.html").write_text(built.html, encoding="utf-8")
         w.path("report.md").write_text(built.markdown, encoding="utf-8")
@@ -120,26 +135,7 @@ def build_report(folders, out=DEFAULT_OUT, *, started: datetime | None = None) -
                     for run in runs
                 ],
                 "verdicts": counts,
-                "files": sorted(w.files + ["results.json"]),
+                "files": w.manifest(),
             },
         )
-        written = set(w.files)
-    # figures of an earlier report in the same folder that this one no longer shows
-    for name in previous - written:
-        if name.startswith("figure-") and name.endswith(".png"):
-            (out / name).unlink(missing_ok=True)
     return out / "report.html"
-
-
-def _previous_report_files(out: Path) -> set[str]:
-    """The files an earlier report in ``out`` listed (empty when there is none)."""
-    import json
-
-    try:
-        stored = json.loads((out / "results.json").read_text())
-    except (OSError, ValueError):
-        return set()
-    if not isinstance(stored, dict) or stored.get("kind") != "report":
-        return set()
-    files = stored.get("files")
-    return {Path(f).name for f in files if isinstance(f, str)} if isinstance(files, list) else set()

@@ -1,15 +1,49 @@
-"""Result folders with provenance, written all at once or not at all.
+"""Result folders with provenance: one folder is one unit, swapped in whole.
 
-Every run writes into a fresh temporary folder beside ``--out`` and moves its files into place
-only after everything succeeded, so an interrupted or failed run leaves ``--out`` as it was.
-``results.json`` carries the provenance of the run: configuration, seeds, package versions,
+Writing (:func:`result_folder`). A run stages its whole ``--out`` folder beside it
+(``.NAME.partial-XXXX``), writes every file there, fsyncs every file and folder, then swaps the
+stage in: ``renameat2(RENAME_EXCHANGE)`` where Linux offers it (one atomic step), else old folder
+aside (``.NAME.aside-XXXX``), new folder in, old folder removed. A reader of ``--out`` therefore
+sees the old complete folder or the new complete folder, never a mix; stale files of an earlier
+run cannot survive a rerun. Leftovers of a run of the same ``--out`` that was killed (stage and
+aside folders) are removed by the next run of that ``--out`` (an aside folder with no ``--out``
+beside it is the old complete folder, and is moved back first). One run per ``--out`` at a time.
+
+``results.json`` lists every file of the folder under ``files``: relative path -> SHA-256 (hex),
+``results.json`` itself -> null (it cannot hold its own hash). ``reports.tables.load_run``
+verifies them and refuses a folder whose files are missing or differ.
+
+Folders filled incrementally. Two kinds grow over several runs and keep what earlier runs made:
+
+* ``train``: ``checkpoints/epoch_EEEE.pt`` are written one by one into ``--out`` (each atomic,
+  by ``nnhessian.train_checkpoint.save_atomic``) so that a rerun resumes; after each epoch the
+  folder is swapped as above with ``checkpoints/`` *carried*: hard-linked into the stage (copied
+  where the file system has no hard links), so nothing is copied or lost, and listed with hashes;
+* network epoch sweeps (``network --checkpoints``): each ``epoch_EEEE/`` is itself a complete
+  network result folder written by this mechanism inside ``--out`` (reused by a rerun of the
+  same configuration); the sweep's top level (``epochs.csv``, ``epochs.png``, ``results.json``)
+  is then swapped in with the epoch folders carried.
+
+A carried entry appears in ``--out`` before the swap that lists it (a checkpoint just saved, an
+epoch folder just measured): a reader then sees the old complete folder plus an entry it does not
+list yet. A folder holding only such entries (a first run killed before its first swap) counts as
+a partial run of that kind.
+
+Refusing (:func:`check_out`, called by ``validation.cli.main`` before any work): an existing
+``--out`` that holds another kind of run, a run of another configuration (``results.json``'s
+``kind`` and ``provenance.config``), or files but no ``results.json`` is refused in one line
+unless ``--overwrite``; a rerun of the same kind and configuration replaces the folder silently.
+
+``results.json`` also carries the provenance of the run: configuration, seeds, package versions,
 device, git commit and dirty flag, UTC start time and wall time.
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import datetime as _dt
+import fnmatch
 import json
 import os
 import platform
@@ -24,6 +58,9 @@ from pathlib import Path
 import numpy as np
 
 PACKAGES = ("numpy", "scipy", "pandas", "matplotlib", "torch", "torchvision", "hypothesis")
+# Entries of a result folder that later runs extend rather than replace (see the module
+# docstring), by kind; a folder holding only these is a partial run of that kind.
+INCREMENTAL = {"train": ("checkpoints",), "network-epochs": ("epoch_*",)}
 
 
 def package_versions(names=PACKAGES) -> dict:
@@ -87,16 +124,27 @@ def to_jsonable(obj):
     return obj
 
 
-class ResultWriter:
-    """Collects the files of one run in a staging folder; ``commit`` moves them into ``out``."""
+# ---------------------------------------------------------------------------------------------
+# writing
 
-    def __init__(self, staging: Path):
+
+class ResultWriter:
+    """The staging folder of one run: files written (``path``, ``json``, ``csv``, ``figure``)
+    or carried from the folder being replaced (``carry``), and their manifest."""
+
+    def __init__(self, staging: Path, out: Path, known: dict | None = None):
         self.staging = staging
-        self.files: list[str] = []
+        self.out = out
+        self.files: list[str] = []  # relative paths (POSIX) of the files written or carried
+        self.known = dict(known or {})  # hashes recorded by the folder being replaced
+        self.carried: set[str] = set()
 
     def path(self, name: str) -> Path:
-        self.files.append(name)
-        return self.staging / name
+        """Where to write the file ``name`` (a relative path; its folders are created)."""
+        target = self.staging / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self.files.append(Path(name).as_posix())
+        return target
 
     def json(self, name: str, payload) -> None:
         with open(self.path(name), "w") as fh:
@@ -109,21 +157,166 @@ class ResultWriter:
     def figure(self, name: str, fig) -> None:
         fig.savefig(self.path(name), dpi=120)
 
+    def carry(self, name: str) -> None:
+        """Bring the entry ``name`` (a file or folder) of ``out`` into the stage, hard-linked
+        (copied where links are not possible); hidden temporary files are left behind."""
+        source = self.out / name
+        if source.is_dir():
+            for path in sorted(source.rglob("*")):
+                rel = path.relative_to(self.out)
+                if path.is_file() and not any(p.startswith(".") for p in rel.parts):
+                    self._link(path, rel)
+        elif source.is_file():
+            self._link(source, Path(name))
+
+    def _link(self, source: Path, rel: Path) -> None:
+        target = self.path(rel.as_posix())
+        self.carried.add(rel.as_posix())
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copy2(source, target)
+
+    def manifest(self) -> dict:
+        """``{relative path: SHA-256}`` of every file so far, plus ``results.json: None`` (last
+        written; it cannot hold its own hash). A carried file keeps the hash its old folder
+        recorded, so a growing folder of checkpoints is hashed once per file."""
+        from reports.tables import file_sha256
+
+        listed = {}
+        for name in sorted(set(self.files) - {"results.json"}):
+            known = self.known.get(name) if name in self.carried else None
+            listed[name] = known if isinstance(known, str) else file_sha256(self.staging / name)
+        listed["results.json"] = None
+        return listed
+
+
+def staging_leftovers(out: Path) -> list[Path]:
+    """Stage and aside folders of earlier runs of ``out`` (beside it)."""
+    out = Path(out)
+    if not out.parent.is_dir():
+        return []
+    return sorted(
+        p
+        for pattern in (f".{out.name}.partial-*", f".{out.name}.aside-*")
+        for p in out.parent.glob(pattern)
+    )
+
+
+def clean_leftovers(out: Path) -> None:
+    """Remove what a killed run of ``out`` left beside it. An aside folder while ``out`` is
+    missing is the old complete folder (killed between the two renames): it is moved back."""
+    out = Path(out)
+    if not out.exists():
+        for aside in Path(out.parent).glob(f".{out.name}.aside-*") if out.parent.is_dir() else ():
+            if (aside / "results.json").is_file():
+                os.rename(aside, out)
+                fsync_folder(out.parent)
+                break
+    for path in staging_leftovers(out):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def fsync_folder(folder: Path) -> None:
+    """Flush a folder's entries (its renames and new names) to disk."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """Flush every file and folder under ``root`` (and ``root``) to disk."""
+    for dirpath, _, filenames in os.walk(root, topdown=False):
+        for name in filenames:
+            fd = os.open(Path(dirpath) / name, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_folder(Path(dirpath))
+
+
+RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap the folders ``a`` and ``b`` in one atomic step (Linux ``renameat2`` with
+    ``RENAME_EXCHANGE``); False where the system or file system does not offer it."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    done = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), RENAME_EXCHANGE)
+    return done == 0
+
+
+def swap_in(staging: Path, out: Path) -> None:
+    """Put the complete folder ``staging`` at ``out``; the folder there before is removed."""
+    if not out.exists():
+        os.rename(staging, out)
+    elif exchange(staging, out):
+        shutil.rmtree(staging)  # now the old folder
+    else:
+        aside = out.parent / f".{out.name}.aside-{os.getpid()}-{os.urandom(4).hex()}"
+        os.rename(out, aside)
+        os.rename(staging, out)
+        fsync_folder(out.parent)
+        shutil.rmtree(aside)
+    fsync_folder(out.parent)
+
+
+def read_manifest(folder: Path) -> dict:
+    """The ``files`` hashes recorded by ``folder/results.json`` (empty when there are none)."""
+    try:
+        files = read_results(folder).get("files")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return files if isinstance(files, dict) else {}
+
 
 @contextmanager
-def result_folder(out: Path):
-    """Stage a run's files beside ``out`` and move them in only if the block succeeds."""
+def result_folder(out: Path, *, carry=()):
+    """Stage the whole folder ``out``, then swap it in if the block succeeds (see the module
+    docstring). ``carry``: entries of the current ``out`` (names; ``*`` patterns allowed) that
+    the new folder keeps, hard-linked. The block writes ``results.json`` last, with
+    ``"files": writer.manifest()``."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    clean_leftovers(out)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        writer = ResultWriter(staging)
+        writer = ResultWriter(staging, out, known=read_manifest(out))
+        if out.is_dir():
+            for name in sorted({e.name for pattern in carry for e in out.glob(pattern)}):
+                writer.carry(name)
         yield writer
-        out.mkdir(exist_ok=True)
-        for name in writer.files:
-            os.replace(staging / name, out / name)
+        unlisted = sorted(set(writer.files) - set(read_manifest(staging)))
+        if unlisted:
+            raise RuntimeError(f"results.json of {out} does not list {', '.join(unlisted)}")
+        fsync_tree(staging)
+        swap_in(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def discard(out: Path) -> None:
+    """Remove the folder ``out`` (renamed aside first, so it vanishes in one step)."""
+    out = Path(out)
+    if out.exists():
+        aside = out.parent / f".{out.name}.aside-{os.getpid()}-{os.urandom(4).hex()}"
+        os.rename(out, aside)
+        fsync_folder(out.parent)
+        shutil.rmtree(aside)
+
+
+# ---------------------------------------------------------------------------------------------
+# reading and refusing
 
 
 def check_writable(out: Path) -> None:
@@ -153,12 +346,75 @@ def read_results(folder: Path) -> dict:
         return json.load(fh)
 
 
+def config_differences(recorded, config) -> list[str]:
+    """``"key: there -> here"`` for each key of ``config`` (made JSON-like) that ``recorded``
+    holds otherwise; keys ``recorded`` has beyond ``config``'s are not compared."""
+    here = to_jsonable(config)
+    if not isinstance(here, dict) or not isinstance(recorded, dict):
+        return [] if recorded == here else [f"{recorded!r} there, {here!r} here"]
+    missing = object()
+    return [
+        f"{key} {recorded.get(key)!r} there, {value!r} here"
+        for key, value in here.items()
+        if recorded.get(key, missing) != value
+    ]
+
+
+def out_state(out: Path, kind: str, config) -> tuple[str, str]:
+    """What ``out`` holds compared with a run of ``kind`` and ``config``: ``("new", "")``
+    (absent or empty), ``("rerun", "")`` (the same kind and configuration, or a partial run of an
+    incremental kind) or ``("foreign", reason)`` with a one-line reason."""
+    out = Path(out)
+    entries = [p.name for p in out.iterdir() if not p.name.startswith(".")] if out.is_dir() else []
+    if not entries:
+        return "new", ""
+    if "results.json" not in entries:
+        patterns = INCREMENTAL.get(kind, ())
+        if all(any(fnmatch.fnmatch(e, p) for p in patterns) for e in entries):
+            return "rerun", ""
+        return "foreign", "holds files but no results.json (it is not a result folder)"
+    try:
+        stored = read_results(out)
+    except (OSError, ValueError):
+        return "foreign", "has an unreadable results.json"
+    stored = stored if isinstance(stored, dict) else {}
+    if stored.get("kind") != kind:
+        return "foreign", f"holds a {stored.get('kind')!r} run, not a {kind!r} run"
+    recorded = (
+        stored.get("provenance", {}).get("config")
+        if isinstance(stored.get("provenance"), dict)
+        else None
+    )
+    diffs = config_differences(recorded, config)
+    if diffs:
+        shown = "; ".join(diffs[:3]) + ("; ..." if len(diffs) > 3 else "")
+        return "foreign", f"holds a {kind} run of another configuration ({shown})"
+    return "rerun", ""
+
+
+def check_out(out: Path, kind: str, config, *, overwrite: bool, flag="--overwrite") -> str:
+    """Refuse (``UsageError``, one line) an ``out`` that holds another run, unless
+    ``overwrite``; return :func:`out_state`'s verdict. Leftovers of a killed run of ``out`` are
+    cleaned first."""
+    from validation.errors import UsageError
+
+    clean_leftovers(out)
+    state, reason = out_state(out, kind, config)
+    if state == "foreign" and not overwrite:
+        raise UsageError(
+            f"--out {out} {reason}; choose another folder or pass {flag} to replace it"
+        )
+    return state
+
+
 def same_config(folder: Path, config) -> bool:
-    """Whether ``folder`` holds a complete result of exactly this configuration."""
+    """Whether ``folder`` holds a complete result of exactly this configuration: its recorded
+    configuration is ``config`` and every file it lists is there with its recorded hash."""
+    from reports.tables import RunFolderError, verify_files
+
     try:
         stored = read_results(folder)
-    except (OSError, ValueError):
+        verify_files(Path(folder), stored.get("files"))
+    except (OSError, ValueError, AttributeError, RunFolderError):
         return False
-    recorded = stored.get("provenance", {}).get("config")
-    complete = all((Path(folder) / name).exists() for name in stored.get("files", []))
-    return complete and recorded == to_jsonable(config)
+    return stored.get("provenance", {}).get("config") == to_jsonable(config)

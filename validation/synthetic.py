@@ -18,6 +18,7 @@ verdicts, which the run stores in ``summary.csv`` beside the raw tables.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,15 +28,41 @@ import pandas as pd
 
 from reports.schema import VERDICTS, verdict_word
 from rmt import theory
+from rmt.band import band_draw_cost
 from rmt.experiments import extremes_table, spiked_extremes, weyl_table
-from rmt.samplers import sample_goe, sample_spiked
+from rmt.samplers import dense_draw_cost, sample_goe, sample_spiked
 from rmt.spectra import wasserstein1_to_density
 from validation.checks.synthetic import synthetic_rows
 from validation.errors import UsageError
-from validation.options import Progress, integer, number, spike_set
+from validation.options import (
+    EXACT_INT_MAX,
+    SEED_MAX,
+    Progress,
+    check_machine,
+    integer,
+    number,
+    require_integer,
+    require_number,
+    spike_set,
+)
 
 DENSE_MAX_P = 4_000  # dense eigendecomposition: about 10 s per draw at this size on 2 cores
 BULK_ATOMS = (-1.5, 1.5)  # in units of sqrt(t): a bulk that splits into two bands at small t
+# Largest noise scale t and spike |theta| (t has units eigenvalue^2): t, theta^2, t / theta and
+# the plotted eigenvalue ranges stay far from float64's 1.8e308 (t = 1e300 overflowed in the
+# figures' tick computation after the whole run).
+# Smallest t: t = 0 is no noise (standard errors and z-scores 0/0), and a spike more than
+# SPIKE_RATIO_MAX noise edges sqrt(t) out leaves the noise below float64 rounding of the spike
+# (the band solver divided 0 by 0 at |spike| / sqrt(t) = 3e15, the dense path overflowed at 3e75).
+T_MIN, T_MAX = 1e-100, 1e100
+SPIKE_MAX = 1e50
+SPIKE_RATIO_MAX = 1e12
+T_WHY = "the noise scale P s^2; 0 has no noise to test, the extremes overflow derived quantities"
+SPIKE_WHY = "eigenvalues of the low-rank part; spike^2 must stay below 1e100"
+# Memory held per draw until a configuration's tables are built: an ExtremeSample, its
+# SeedSequence child and its Weyl row (measured 1.84 KB at n = 3, k = 4 with tracemalloc).
+DRAW_RECORD_BYTES = 2_048
+WEYL_ROW_BYTES = 256  # one row of weyl.csv in memory (about ten numbers and a label)
 
 
 @dataclass(frozen=True)
@@ -68,39 +95,97 @@ class SyntheticConfig:
 
 
 def validate(config: SyntheticConfig) -> None:
-    """Raise ``UsageError`` with one line naming what is wrong and what is accepted."""
+    """Raise ``UsageError`` with one line naming what is wrong and what is accepted: the grid
+    (:func:`check_grid`), the counts (:func:`check_counts`), then the estimated memory and work
+    of the whole run against the machine (:func:`check_cost`)."""
+    check_grid(config)
+    check_counts(config)
+    check_cost(config)
+
+
+def check_grid(config: SyntheticConfig) -> None:
+    """P, t (or the paper's sigma^2, N, B), the spike sets and the method.
+
+    Ranges: P in [1, 2^53] (P enters float64 formulas; a band model's memory is checked first, so
+    an absurd P is refused with its estimate); t in [:data:`T_MIN`, :data:`T_MAX`], |spike| <=
+    :data:`SPIKE_MAX` and |spike| / sqrt(t) <= :data:`SPIKE_RATIO_MAX`, so that t, spike^2, the
+    BBP positions theta + t / theta, the plotted ranges and the solvers stay finite."""
     if not config.P:
         raise UsageError("--P needs at least one dimension")
-    for P in config.P:
-        if P < 1:
-            raise UsageError(f"P must be an integer >= 1, got {P}")
-    for t in config.t:
-        if not np.isfinite(t) or t < 0:
-            raise UsageError(f"t must be a finite number >= 0, got {t}")
-    if config.population is not None:
-        sigma2, N, B, factor = config.population
-        if not np.isfinite(sigma2) or sigma2 < 0:
-            raise UsageError(f"--sigma2 must be a finite number >= 0, got {sigma2}")
-        if N < 2:
-            raise UsageError(f"--N must be an integer >= 2, got {N}")
-        if B <= 0 or B > N:
-            raise UsageError(f"--B must be between 1 and N = {N} (without replacement), got {B}")
-        if factor not in theory.FACTORS:
-            raise UsageError(f"unknown factor {factor!r}; accepted: {', '.join(theory.FACTORS)}")
     if config.method not in ("dense", "band"):
         raise UsageError(f"unknown method {config.method!r}; accepted: dense, band")
+    for P in config.P:
+        if P >= 1 and config.method == "band":  # an absurd P: refused with its estimate
+            k = min(max(len(spikes) for spikes in config.spikes), P)
+            memory, _ = band_draw_cost(P, k, n_extreme=min(max(config.n_extreme, 1), P))
+            check_machine(f"one --method band draw at --P {_show_count(P)}", memory=memory)
+        if not 1 <= P <= EXACT_INT_MAX:
+            raise UsageError(
+                f"--P: P must be an integer >= 1 and <= {EXACT_INT_MAX:,} (2^53: exact in "
+                f"float64), got {_show_count(P)}"
+            )
     if config.method == "dense" and max(config.P) > DENSE_MAX_P:
         raise UsageError(
             f"--method dense supports P <= {DENSE_MAX_P:,}, got {max(config.P):,}; "
             "use --method band for larger P"
         )
     for spikes in config.spikes:
-        if not all(np.isfinite(s) for s in spikes):
-            raise UsageError(f"spikes must be finite numbers, got {spikes}")
+        for s in spikes:
+            require_number("--spikes", s, -SPIKE_MAX, SPIKE_MAX, why=SPIKE_WHY)
         if len(spikes) > min(config.P):
             raise UsageError(f"rank {len(spikes)} exceeds the smallest P = {min(config.P)}")
+    if config.population is None:
+        for t in config.t:
+            require_number("--t", t, T_MIN, T_MAX, why=T_WHY)
+    else:
+        check_population(config)
+    for P in _dimensions(config):
+        _check_spike_ratio(config, min(config.noise_scales(P)))
+
+
+def _dimensions(config: SyntheticConfig) -> tuple[int, ...]:
+    """The P of the grid and, when in its range, the histogram's (each has its own t)."""
+    histogram = (config.histogram_P,) if 10 <= config.histogram_P <= DENSE_MAX_P else ()
+    return (*config.P, *histogram)
+
+
+def _check_spike_ratio(config: SyntheticConfig, t: float) -> None:
+    """|spike| / sqrt(t) <= SPIKE_RATIO_MAX for every spike (see the constant)."""
+    largest = max((abs(s) for spikes in config.spikes for s in spikes), default=0.0)
+    if largest > SPIKE_RATIO_MAX * math.sqrt(t):
+        raise UsageError(
+            f"--spikes {largest:g} is {largest / math.sqrt(t):.3g} noise edges sqrt(t) out at "
+            f"t = {t:g}; |spike| / sqrt(t) must be <= {SPIKE_RATIO_MAX:g} (beyond, the noise is "
+            "below the rounding of the spike)"
+        )
+
+
+def check_population(config: SyntheticConfig) -> None:
+    """The paper's parametrisation: sigma^2 >= 0, N in [2, 2^53], B in [1, N], a known factor,
+    and the noise scale t = P f(N, B) sigma^2 it gives at every P in [T_MIN, T_MAX]."""
+    sigma2, N, B, factor = config.population
+    if not (math.isfinite(sigma2) and sigma2 >= 0):  # 0: refused below with its t = 0
+        raise UsageError(f"--sigma2 must be a finite number >= 0 (a variance), got {sigma2}")
+    require_integer("--N", N, 2, EXACT_INT_MAX, "training-set size; 2^53: exact in float64")
+    if B <= 0 or B > N:
+        raise UsageError(f"--B must be between 1 and N = {N} (without replacement), got {B}")
+    if factor not in theory.FACTORS:
+        raise UsageError(f"unknown factor {factor!r}; accepted: {', '.join(theory.FACTORS)}")
+    for P in _dimensions(config):
+        with np.errstate(all="ignore"):
+            t = float(theory.noise_scale(sigma2, P, N, B, factor=factor))
+        if not T_MIN <= t <= T_MAX:
+            raise UsageError(
+                f"--sigma2 {sigma2:g} gives a noise scale t = {t:g} at P = {P:,} (N = {N:,}, "
+                f"B = {B:,}); t = P f(N, B) sigma^2 must lie in [{T_MIN:g}, {T_MAX:g}] ({T_WHY})"
+            )
+
+
+def check_counts(config: SyntheticConfig) -> None:
+    """Trials, seed, sweep points, histogram dimension, extremes and the z threshold."""
     if config.trials < 2:
         raise UsageError(f"--trials must be >= 2 (a standard error needs two), got {config.trials}")
+    require_integer("--seed", config.seed, 0, SEED_MAX, "the root of every random stream")
     if config.n_extreme < 1 or config.n_extreme > min(config.P):
         raise UsageError(f"--n-extreme must be between 1 and min(P) = {min(config.P)}")
     if config.sweep_points < 0:
@@ -109,6 +194,45 @@ def validate(config: SyntheticConfig) -> None:
         raise UsageError(f"--histogram-P must be between 10 and {DENSE_MAX_P:,}")
     if not np.isfinite(config.z_crit) or config.z_crit <= 0:
         raise UsageError(f"--z-crit must be a positive number, got {config.z_crit}")
+
+
+def draw_cost(method: str, P: int, k: int, n_extreme: int) -> tuple[float, float]:
+    """Estimated peak bytes and flops of one draw (``rmt.samplers.dense_draw_cost``,
+    ``rmt.band.band_draw_cost``)."""
+    if method == "dense":
+        return dense_draw_cost(P)
+    return band_draw_cost(P, k, n_extreme=n_extreme)
+
+
+def check_cost(config: SyntheticConfig) -> None:
+    """The run's memory and work against the machine (``validation.options.check_machine``).
+
+    Memory: the largest single draw (grid, BBP sweep at max P with one spike, dense histogram
+    draws), plus :data:`DRAW_RECORD_BYTES` per draw of the configuration being measured and
+    :data:`WEYL_ROW_BYTES` per draw of every configuration (its Weyl rows are kept). Work: trials
+    x (grid configurations + sweep points) draws at their estimated flops, plus two histogram
+    draws."""
+    c = config
+    scales = 1 if c.population is not None else len(c.t)
+    grid = [(P, len(spikes)) for P in c.P for spikes in c.spikes]
+    costs = [draw_cost(c.method, P, k, c.n_extreme) for P, k in grid]
+    for (P, _), (memory, _) in zip(grid, costs, strict=True):
+        check_machine(f"one --method {c.method} draw at --P {_show_count(P)}", memory=memory)
+    sweep = draw_cost(c.method, max(c.P), 1, 1) if c.sweep_points else (0.0, 0.0)
+    histogram = dense_draw_cost(c.histogram_P)
+    configs, trials = len(grid) * scales, float(c.trials)
+    memory = max(max(m for m, _ in costs), sweep[0], histogram[0])
+    memory += trials * (DRAW_RECORD_BYTES + WEYL_ROW_BYTES * configs) + 64.0 * c.sweep_points
+    flops = trials * (scales * sum(f for _, f in costs) + c.sweep_points * sweep[1])
+    what = (
+        f"--trials {_show_count(c.trials)} x ({configs:,} configurations + --sweep-points "
+        f"{_show_count(c.sweep_points)}) = {trials * (configs + c.sweep_points):.3g} draws"
+    )
+    check_machine(what, memory=memory, flops=flops + 2.0 * histogram[1])
+
+
+def _show_count(n: int) -> str:
+    return f"{n:,}" if n < 10**15 else f"{n:.3g}"
 
 
 @dataclass(frozen=True)
@@ -360,7 +484,7 @@ def write_synthetic(result: SyntheticResult, out, *, started, wall_seconds: floa
                 "verdicts": theorem2_counts(summary),
                 "weyl": weyl.reset_index().to_dict(orient="records"),
                 "free_convolution": result.free_convolution.to_dict(orient="records"),
-                "files": sorted(w.files + ["results.json"]),
+                "files": w.manifest(),
             },
         )
     return summary
@@ -431,6 +555,11 @@ def config_from_args(args) -> SyntheticConfig:
         n_extreme=args.n_extreme,
         z_crit=args.z_crit,
     )
+
+
+def result_identity(args) -> tuple[str, SyntheticConfig]:
+    """Kind and configuration of the folder this command writes (``validation.store.check_out``)."""
+    return "synthetic", config_from_args(args)
 
 
 def command(args, started) -> int:

@@ -57,7 +57,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from validation.errors import UsageError
-from validation.options import integer, number
+from validation.options import (
+    EXACT_INT_MAX,
+    FLOAT32_MAX,
+    MIN_SAMPLE_FLOP,
+    SEED_MAX,
+    check_machine,
+    integer,
+    number,
+    require_integer,
+    require_number,
+)
 
 # Defaults of the command line (the paper's per-model values: nnhessian.training.PAPER_*).
 DEFAULT_LR = 0.1  # models not in the paper: VGG16's
@@ -138,6 +148,31 @@ def validate(config: TrainConfig) -> None:
         raise UsageError(f"--limit must be an integer >= 1, got {c.limit!r}")
     if c.seed < 0:
         raise UsageError(f"--seed must be >= 0, got {c.seed}")
+    check_limits(c)
+
+
+def check_limits(config: TrainConfig) -> None:
+    """Upper limits (the lower ones are in :func:`validate`), before any work: the seed an int64,
+    counts at most 2^53, --lr and --weight-decay at most the largest float32 (SGD casts them to
+    the weights' dtype; beyond it torch raises), and the work of at least
+    ``validation.options.MIN_SAMPLE_FLOP`` per sample pass, epochs x N with N = --limit or 1,
+    within the machine (``validation.options.check_machine``)."""
+    c = config
+    require_integer("--seed", c.seed, 0, SEED_MAX, "the root of all random streams")
+    for option, value in (
+        ("--epochs", c.epochs),
+        ("--batch-size", c.batch_size),
+        ("--checkpoint-every", c.checkpoint_every),
+        ("--decay-start", c.decay_start),
+        ("--decay-end", c.decay_end),
+        ("--limit", c.limit),
+    ):
+        if value is not None:
+            require_integer(option, value, 0, EXACT_INT_MAX, "2^53: exact in float64")
+    require_number("--lr", c.lr, 0.0, FLOAT32_MAX, open_low=True, why="float32")
+    require_number("--weight-decay", c.weight_decay, 0.0, FLOAT32_MAX, why="float32")
+    N = float(c.limit if c.limit is not None else 1)
+    check_machine(f"--epochs {c.epochs:.3g} at N = {N:.3g}", flops=MIN_SAMPLE_FLOP * N * c.epochs)
 
 
 @contextlib.contextmanager
@@ -283,9 +318,12 @@ def build_model_and_optimizer(config: TrainConfig, options: dict, payload, ckpt,
     return model, optimizer
 
 
-def prepare_run(config: TrainConfig, out: Path, *, data_dir, download, device, started):
+def prepare_run(
+    config: TrainConfig, out: Path, *, data_dir, download, device, started, fresh=False
+):
     """Everything checked and built before anything is written: device, the checkpoint to
-    resume from, data, model, optimizer. Returns the :class:`TrainingRun` and the seeds."""
+    resume from (none when ``fresh``), data, model, optimizer. Returns the
+    :class:`TrainingRun` and the seeds."""
     import torch
 
     from nnhessian.models import num_parameters
@@ -297,7 +335,7 @@ def prepare_run(config: TrainConfig, out: Path, *, data_dir, download, device, s
     except ValueError as err:
         raise UsageError(str(err)) from None
     out = Path(out)
-    payload, ckpt = plan_resume(out, config)
+    payload, ckpt = (None, None) if fresh else plan_resume(out, config)
     data, options = prepare_data(config, payload, ckpt, data_dir=data_dir, download=download)
     streams = seed_streams(config.seed)
     model, optimizer = build_model_and_optimizer(config, options, payload, ckpt, streams.init, dev)
@@ -319,7 +357,8 @@ def prepare_run(config: TrainConfig, out: Path, *, data_dir, download, device, s
     if payload is not None:
         run.history = [dict(row) for row in payload.get("history", [])]
         run.seconds = float(payload.get("train_seconds", 0.0))
-    run.checkpoints = [str(p.relative_to(out)) for p in list_checkpoints(out).values()]
+    found = {} if fresh else list_checkpoints(out)
+    run.checkpoints = [str(p.relative_to(out)) for p in found.values()]
     return run, streams
 
 
@@ -332,6 +371,7 @@ def run_training(
     device=None,
     progress: bool = True,
     started=None,
+    fresh: bool = False,
 ) -> TrainResult:
     """Train (or resume) the run ``config`` into ``out``; see the module docstring.
 
@@ -341,8 +381,18 @@ def run_training(
     from nnhessian.train_checkpoint import isolated_generators
 
     run, streams = prepare_run(
-        config, out, data_dir=data_dir, download=download, device=device, started=started
+        config,
+        out,
+        data_dir=data_dir,
+        download=download,
+        device=device,
+        started=started,
+        fresh=fresh,
     )
+    if fresh:  # --overwrite of another run: checked, so its folder goes before training starts
+        from validation.store import discard
+
+        discard(out)
     fresh = {"streams": streams} if run.payload is None else {"state": run.payload["rng"]}
     with isolated_generators(run.device, run.data_generator, **fresh):
         train_epochs(run, progress=progress)
@@ -446,7 +496,8 @@ def save_checkpoint(run: TrainingRun, done: int) -> None:
 
 
 def write_results(run: TrainingRun) -> None:
-    """``history.csv`` and ``results.json`` (with provenance) of the epochs so far."""
+    """``history.csv`` and ``results.json`` (with provenance) of the epochs so far, swapped in
+    with the folder's ``checkpoints/`` carried (``validation.store``: the folder grows)."""
     import pandas as pd
 
     from validation.store import provenance, result_folder
@@ -457,7 +508,7 @@ def write_results(run: TrainingRun) -> None:
 
         started = datetime.now(UTC)
     recorded = {**dataclasses.asdict(config), "data_dir": str(run.data_dir)}
-    with result_folder(run.out) as w:
+    with result_folder(run.out, carry=("checkpoints",)) as w:
         w.csv("history.csv", pd.DataFrame(history))
         w.json(
             "results.json",
@@ -477,7 +528,7 @@ def write_results(run: TrainingRun) -> None:
                 },
                 "checkpoints": list(run.checkpoints),
                 "history": history,
-                "files": ["history.csv", "results.json"],
+                "files": w.manifest(),  # checkpoints/ carried, each hashed once
             },
         )
 
@@ -613,6 +664,17 @@ def config_from_args(args) -> TrainConfig:
     )
 
 
+def result_identity(args) -> tuple[str, dict]:
+    """Kind and configuration of the folder this command writes (``validation.store.check_out``;
+    the recorded ``data_dir`` is not compared: the same data may move). Without
+    ``--overwrite``, the checkpoints in ``--out`` are checked first (:func:`plan_resume`: its
+    messages name the model, class count or options that differ, or a corrupt file)."""
+    config = config_from_args(args)
+    if not getattr(args, "overwrite", False):
+        plan_resume(Path(args.out), config)
+    return "train", dataclasses.asdict(config)
+
+
 def command(args: argparse.Namespace, started) -> int:
     config = config_from_args(args)
     result = run_training(
@@ -623,6 +685,7 @@ def command(args: argparse.Namespace, started) -> int:
         device=args.device,
         progress=not args.quiet,
         started=started,
+        fresh=getattr(args, "out_state", None) == "foreign",
     )
     if result.resumed_from >= config.epochs:
         print(f"train: {args.out} already holds all {config.epochs} epochs; nothing to do")

@@ -19,6 +19,7 @@ import pandas as pd
 from reports.schema import tidy_frame
 from rmt import theory
 from rmt.spectra import slq_resolution, smooth_density, smoothing_width, wasserstein1_discrete
+from validation.checks.curvature import BeyondGOE, beyond_goe
 from validation.checks.network_density import density_rows
 from validation.checks.network_extremes import extreme_rows
 from validation.checks.network_noise import noise_checks
@@ -39,6 +40,8 @@ class Tables:
     assumption3: dict  # B -> verdict and its numbers
     sweep_law: dict  # which growth law lambda_max(B) follows
     batch_draws: pd.DataFrame  # B, draw, lambda_max, lambda_min: Lanczos extremes of each H_B
+    # per-sample curvature and the batch-spectrum models (None with --curvature no)
+    beyond_goe: BeyondGOE | None = None
 
 
 def sigma2_rows(result: NetworkResult) -> list[dict]:
@@ -134,6 +137,9 @@ def compare(result: NetworkResult) -> Tables:
     frames.insert(0, pd.DataFrame({"curve": "full", "B": pd.NA, "x": grid, "density": full_curve}))
     density = pd.concat(frames, ignore_index=True)
     density["B"] = density["B"].astype("Int64")
+    beyond = beyond_goe(result, dict(zip(sweep["B"], sweep["t"], strict=True)))
+    if beyond is not None:
+        rows += beyond.rows
     return Tables(
         summary=tidy_frame(rows),
         sweep=sweep,
@@ -143,6 +149,7 @@ def compare(result: NetworkResult) -> Tables:
         assumption3=assumption3,
         sweep_law=sweep_law,
         batch_draws=batch_draws_table(result),
+        beyond_goe=beyond,
     )
 
 

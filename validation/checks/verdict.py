@@ -13,8 +13,10 @@ where it is statistical:
   sd of one draw ``sd``: ``(K - 1) s^2 / sd^2`` is chi-square with K - 1 degrees of freedom under
   the prediction, and it must lie in the central interval whose two tails together have the
   probability of ``|Z| > z_crit`` -- the z rule's false-alarm rate;
-* the **bound rule** (:func:`bound_verdict`, :func:`draws_bound_verdict`): an inequality the theory
-  says holds always (Weyl) is applied strictly, to one value or to every draw.
+* the **bound rule** (:func:`bound_verdict`, :func:`draws_bound_verdict`,
+  :func:`interval_verdict`): an inequality the theory says holds always (Weyl) is applied
+  strictly, to one value or to every draw; a prediction must lie inside a measured interval (a
+  quantile's distribution-free confidence interval) on both sides.
 
 A rule with a missing number (NaN, or an uncertainty that is not > 0) says ``not applicable``.
 The report recomputes none of this: it reads the verdicts the runs stored.
@@ -91,3 +93,11 @@ def draws_bound_verdict(holds, bound_label: str) -> str:
     if failed == 0:
         return with_reason(AGREES, f"all {n} draws")
     return with_reason(DISAGREES, f"{failed} of {n} draws exceed {bound_label}")
+
+
+def interval_verdict(predicted: float, low: float, high: float) -> str:
+    """The bound rule on both sides: ``agrees`` when ``low <= predicted <= high`` (an end may be
+    infinite: a one-sided interval); NaN anywhere: ``not applicable``."""
+    if any(math.isnan(v) for v in (predicted, low, high)):
+        return NOT_APPLICABLE
+    return AGREES if low <= predicted <= high else DISAGREES

@@ -18,7 +18,7 @@ from validation.network.prepare import (
 )
 from validation.network.stages import run_network
 from validation.network.write import console_report, write_network
-from validation.options import integer, number
+from validation.options import EXACT_INT_MAX, integer, number, require_integer
 
 
 def add_parser(sub) -> None:
@@ -117,6 +117,17 @@ def _what_to_measure(p, d: NetworkConfig) -> None:
     p.add_argument("--policy", default=d.policy, help="BatchNorm/dropout: eval or batch-stats")
     p.add_argument("--factor", default=d.factor, help="finite-population factor: exact or paper")
     p.add_argument("--z-crit", type=number, default=d.z_crit, help="|z| above it: disagrees")
+    p.add_argument(
+        "--curvature",
+        default=d.curvature,
+        help="per-sample GGN curvature and exact batch GGN spectra for the batch-spectrum "
+        "models: yes or no",
+    )
+    p.add_argument(
+        "--curvature-samples",
+        type=integer,
+        help="per-sample curvature on a seeded subset of this many samples (default: all)",
+    )
 
 
 def _how_to_run(p, d: NetworkConfig) -> None:
@@ -132,6 +143,13 @@ def _how_to_run(p, d: NetworkConfig) -> None:
         type=number,
         default=d.graph_cache_gb,
         help="GiB for gradient graphs reused across HVPs (speed only; 0: none)",
+    )
+    p.add_argument(
+        "--lockstep-gb",
+        type=number,
+        default=d.lockstep_gb,
+        help="GiB for the m x P Lanczos bases of SLQ probes advanced together, one data pass "
+        "per step for all (speed only; 0: one probe at a time)",
     )
     p.add_argument(
         "--threads", type=integer, default=d.threads, help="CPU threads (0: torch's default)"
@@ -195,7 +213,10 @@ def config_from_args(args) -> NetworkConfig:
         exact=args.exact,
         hvp_batch=args.hvp_batch,
         graph_cache_gb=args.graph_cache_gb,
+        lockstep_gb=args.lockstep_gb,
         threads=args.threads,
+        curvature=args.curvature,
+        curvature_samples=args.curvature_samples,
     )
 
 
@@ -210,8 +231,11 @@ def _check_run_options(args) -> None:
         raise UsageError("--epochs chooses saved epochs of --checkpoints DIR; give that too")
     if args.epochs is not None and any(e < 0 for e in args.epochs):
         raise UsageError(f"--epochs must be >= 0, got {' '.join(map(str, args.epochs))}")
+    for epoch in args.epochs or ():
+        require_integer("--epochs", epoch, 0, EXACT_INT_MAX, "saved epochs of --checkpoints")
     if args.save_every < 1:
         raise UsageError(f"--save-every must be >= 1 (Lanczos steps), got {args.save_every}")
+    require_integer("--save-every", args.save_every, 1, EXACT_INT_MAX, "Lanczos steps")
     if args.state_dir is not None and args.state_dir.exists() and not args.state_dir.is_dir():
         raise UsageError(f"--state-dir {args.state_dir} exists and is not a folder")
 

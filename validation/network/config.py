@@ -16,7 +16,18 @@ import numpy as np
 
 from rmt import theory
 from validation.errors import UsageError
+from validation.options import (
+    EXACT_INT_MAX,
+    MIN_SAMPLE_FLOP,
+    SEED_MAX,
+    check_machine,
+    machine_memory_bytes,
+    require_integer,
+    require_number,
+)
 
+THREADS_MAX = 1_024  # intra-op threads: beyond any node's cores (torch takes an int32)
+BUDGET_MAX_GB = 1e6  # --graph-cache-gb, --lockstep-gb: a budget beyond any device (1 PiB)
 EXACT_MAX_P = 4_000  # dense P x P eigendecomposition: ~1 s at P = 2,410 on one core
 DTYPES = ("float64", "float32")
 POLICIES = ("eval", "batch-stats")
@@ -53,6 +64,8 @@ STREAMS = {
     "slq batch": 7,
     "slq noise": 8,
     "noise m2": 9,
+    "curvature subset": 10,
+    "top vector": 11,
 }
 
 
@@ -97,10 +110,18 @@ class NetworkConfig:
     # GiB for gradient graphs kept across HVPs (nnhessian.hvp, "Graph cache"; 0: none):
     # speed only, the products are bit-identical at any budget
     graph_cache_gb: float = 2.0
+    # GiB for the m x P Lanczos bases of the SLQ probes advanced together (nnhessian.lanczos
+    # lockstep_probes; 0: one probe at a time): speed only, the numbers are bit-identical
+    lockstep_gb: float = 8.0
     # CPU intra-op threads set by the command line (0: torch's default). The default model's
     # products are too small to gain from threads, and on a shared 2-core machine spin-waiting
     # OpenMP threads made the default run 5x slower (5.4 min with 2 threads, 1 min with 1).
     threads: int = 1
+    # per-sample curvature and the exact batch GGN spectra (stage 6; validation.checks.
+    # batch_models): "yes" or "no"; curvature_samples: a seeded subset of that many samples
+    # (None: all N; C vector-Jacobian products per sample)
+    curvature: str = "yes"
+    curvature_samples: int | None = None
 
     def __post_init__(self):
         validate(self)
@@ -109,8 +130,13 @@ class NetworkConfig:
 def validate(config: NetworkConfig) -> None:
     """Raise ``UsageError`` with one line naming what is wrong and what is accepted."""
     c = config
-    if c.seed < 0:
-        raise UsageError(f"--seed must be >= 0 (the root of every random stream), got {c.seed}")
+    require_integer("--seed", c.seed, 0, SEED_MAX, "the root of every random stream")
+    if c.curvature not in ("yes", "no"):
+        raise UsageError(f"--curvature must be yes or no, got {c.curvature!r}")
+    if c.curvature_samples is not None and c.curvature_samples < 2:
+        raise UsageError(
+            f"--curvature-samples must be >= 2 (a tail needs samples), got {c.curvature_samples}"
+        )
     if not c.batch_sizes:
         raise UsageError("--batch-sizes needs at least one batch size")
     for B in c.batch_sizes:
@@ -151,6 +177,11 @@ def validate(config: NetworkConfig) -> None:
             f"--graph-cache-gb must be a number >= 0 (GiB; 0 keeps no graphs), got "
             f"{c.graph_cache_gb}"
         )
+    if not (math.isfinite(c.lockstep_gb) and c.lockstep_gb >= 0):
+        raise UsageError(
+            f"--lockstep-gb must be a number >= 0 (GiB; 0: one probe at a time), got "
+            f"{c.lockstep_gb}"
+        )
     if not _DEVICE.match(c.device):
         raise UsageError(f"unknown device {c.device!r}; accepted: auto, cpu, cuda, cuda:N")
     if c.dtype not in DTYPES:
@@ -163,5 +194,55 @@ def validate(config: NetworkConfig) -> None:
         raise UsageError(f"unknown --exact {c.exact!r}; accepted: {', '.join(EXACT_CHOICES)}")
     if not (math.isfinite(c.z_crit) and c.z_crit > 0):
         raise UsageError(f"--z-crit must be a positive number, got {c.z_crit}")
+    check_limits(c)
     if c.checkpoint is not None and not Path(c.checkpoint).is_file():
         raise UsageError(f"checkpoint {c.checkpoint} not found (expected a file from torch.save)")
+
+
+def check_limits(config: NetworkConfig) -> None:
+    """Upper limits, checked before any work (the lower ones are in :func:`validate`).
+
+    Sizes are at most 2^53 (``validation.options``); thread counts at most
+    :data:`THREADS_MAX` and memory budgets at most :data:`BUDGET_MAX_GB`. Then two estimates that
+    need no model (P is known only once it is built): the Lanczos basis of m = min(steps, P)
+    vectors of P >= m entries holds at least m^2 numbers, so ``--steps`` beyond the square root
+    of the machine's memory is refused (steps are capped at P: a larger value can only mean P);
+    and the work is at least :data:`MIN_SAMPLE_FLOP` per sample pass -- training epochs x N, SLQ
+    probes x (1 + batch draws x batch sizes) x N, sigma^2 probes x N, with N = --samples or 2 --
+    which refuses a count beyond the machine whatever the model."""
+    c = config
+    for option, value in (
+        ("--samples", c.samples),
+        ("--width", c.width),
+        ("--curvature-samples", c.curvature_samples),
+        ("--hvp-batch", c.hvp_batch),
+        *(("--batch-sizes", B) for B in c.batch_sizes),
+    ):
+        if value is not None:
+            require_integer(option, value, 1, EXACT_INT_MAX, "a size; 2^53: exact in float64")
+    require_integer("--threads", c.threads, 0, THREADS_MAX, "0: torch's default")
+    for option, value in (("--graph-cache-gb", c.graph_cache_gb), ("--lockstep-gb", c.lockstep_gb)):
+        require_number(option, value, 0.0, BUDGET_MAX_GB, why="GiB")
+    itemsize = 8 if c.dtype == "float64" else 4
+    memory = machine_memory_bytes()
+    steps_max = max(1, math.isqrt(memory // itemsize)) if memory else EXACT_INT_MAX
+    require_integer(
+        "--steps", c.steps, 1, steps_max, f"a Lanczos basis holds >= steps^2 {c.dtype} numbers"
+    )
+    if c.width is not None:  # >= width parameters, kept in >= min(steps, width) + 3 vectors
+        memory = float(itemsize) * (min(c.steps, c.width) + 3) * c.width
+        check_machine(f"--width {c.width:,} with --steps {c.steps:,}", memory=memory)
+    N = float(c.samples if c.samples is not None else 2)
+    epochs, probes, draws, sigma2 = (
+        float(min(n, 10**300)) for n in (c.train_epochs, c.probes, c.batch_draws, c.sigma2_probes)
+    )
+    passes = N * (
+        (epochs if c.checkpoint is None else 0.0)
+        + probes * (1.0 + draws * len(c.batch_sizes))
+        + sigma2 * len(SIGMA2_ESTIMATORS)
+    )
+    what = (
+        f"--train-epochs {c.train_epochs:.3g}, --probes {c.probes:.3g}, --batch-draws "
+        f"{c.batch_draws:.3g}, --sigma2-probes {c.sigma2_probes:.3g} at N = {N:.3g}"
+    )
+    check_machine(what, flops=MIN_SAMPLE_FLOP * passes)

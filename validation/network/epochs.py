@@ -172,13 +172,27 @@ def sigma2_long(table: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def write_epochs(table, out, *, config: dict, folders: dict, started, wall_seconds) -> None:
+def result_identity(config, checkpoints) -> tuple[str, object]:
+    """Kind and configuration of the folder a network run writes (``validation.store.check_out``):
+    one run (kind ``network``), or a sweep over the checkpoints folder ``checkpoints`` (kind
+    ``network-epochs``; the epochs chosen are not compared, so a rerun may add epochs)."""
+    if checkpoints is None:
+        return "network", config
+    return "network-epochs", {"network": config, "checkpoints": str(checkpoints)}
+
+
+def write_epochs(
+    table, out, *, config: dict, folders: dict, started, wall_seconds, keep_others=True
+) -> None:
     """``epochs.csv``, ``epochs.png`` (sigma^2, lambda_max and lambda_min against the epoch)
-    and ``results.json`` (kind ``network-epochs``) into ``out``, atomically."""
+    and ``results.json`` (kind ``network-epochs``) into ``out``, swapped in whole with the epoch
+    folders carried: those of this sweep and, with ``keep_others``, every other ``epoch_*``
+    folder already there (measured by earlier sweeps of this configuration)."""
     from reports import figures
     from validation.store import provenance, result_folder
 
-    with result_folder(out) as w:
+    carry = [Path(f).name for f in folders.values()] + (["epoch_*"] if keep_others else [])
+    with result_folder(out, carry=sorted(set(carry))) as w:
         w.csv("epochs.csv", table)
         fig, (ax_s2, ax_max, ax_min) = figures.new_figure(3, width=5.0)
         figures.sigma2_over_epochs(ax_s2, sigma2_long(table))
@@ -192,7 +206,7 @@ def write_epochs(table, out, *, config: dict, folders: dict, started, wall_secon
                 "provenance": provenance(config, started=started, wall_seconds=wall_seconds),
                 "epochs": sorted(int(e) for e in folders),
                 "folders": {str(e): Path(f).name for e, f in sorted(folders.items())},
-                "files": sorted(w.files + ["results.json"]),
+                "files": w.manifest(),
             },
         )
 
@@ -255,6 +269,7 @@ def run_sweep(args, config, checkpoints, context, run, started) -> int:
         folders=folders,
         started=started,
         wall_seconds=time.perf_counter() - clock,
+        keep_others=getattr(args, "out_state", None) != "foreign",
     )
     print(f"network: {len(folders)} epochs ({_epoch_ranges(folders)}); results in {args.out}")
     return 0

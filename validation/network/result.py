@@ -75,6 +75,8 @@ class NetworkResult:
     extra_indices: dict = field(default_factory=dict)  # B -> [(B,) indices of draws 1..K-1]
     # B -> draws 1..K-1, each a (probes,) array of ||N_B q||^2 (lanczos.second_moments)
     extra_noise_m2: dict = field(default_factory=dict)
+    # stage 6 (validation.network.curvature.CurvatureStage), None with --curvature no
+    curvature: object | None = None
 
     def draw_extremes(self, B: int, side: str) -> tuple[np.ndarray, np.ndarray]:
         """(K,) Lanczos extremes of H_B over the K draws (draw 0: the best over its SLQ probes)

@@ -31,6 +31,7 @@ from validation.network.config import (
     NetworkConfig,
     stream_generator,
 )
+from validation.network.curvature import curvature_stage
 from validation.network.prepare import (
     Prepared,
     flat,
@@ -110,7 +111,14 @@ class _Run:
             progress=False,
             state_dir=self.stage_dir(state),
             save_every=self.save_every,
+            lockstep=None,  # as many probes as lockstep_bytes holds bases of
+            lockstep_bytes=self.lockstep_bytes,
         )
+
+    @property
+    def lockstep_bytes(self) -> int:
+        """``--lockstep-gb`` in bytes: the bases of the probes advanced together."""
+        return int(self.config.lockstep_gb * 2**30)
 
 
 def full_operator(prepared: Prepared, config: NetworkConfig, *, device, context, sharding):
@@ -141,7 +149,8 @@ def sigma2_stage(run: _Run, full_op, sigma2_batch: int | None) -> dict:
     """Stage 3: the sigma^2 estimators, each on its own named stream and state directory."""
     from nnhessian.sigma2 import sigma2_partition, sigma2_per_sample, sigma2_two_batch
 
-    estimators = {"per-sample": (sigma2_per_sample, {})}
+    lockstep = {"lockstep": None, "lockstep_bytes": run.lockstep_bytes}
+    estimators = {"per-sample": (sigma2_per_sample, lockstep)}
     if sigma2_batch is None:
         run.notes.append(
             f"partition and two-batch sigma^2 need 2 B <= N; smallest B = "
@@ -236,6 +245,7 @@ def _plan(run: _Run, P: int, sizes, main: bool, sigma2_batch) -> bool:
         "sigma^2": len(SIGMA2_ESTIMATORS) if sigma2_batch is not None else 1,
         "SLQ": 1 + (1 + config.batch_draws) * len(sizes),
         "exact": (1 + len(sizes)) if dense else 0,
+        "curvature": 1 if config.curvature == "yes" else 0,
     }
     return dense
 
@@ -251,6 +261,7 @@ def _spectra(run: _Run, full_op, sizes, dense: bool) -> dict:
     H_full, exact_full = exact_eigenvalues(run) if dense else (None, None)
     fields = dict(full=_spectrum("full", None, full_slq, exact_full), batches={}, noises={})
     fields.update(batch_indices={}, extra_batches={}, extra_indices={}, extra_noise_m2={})
+    fields["curvature"] = None
     for B in sizes:
         generator = stream_generator(run.config.seed, "batch draw", B)
         idx = draw_batch_indices(N, B, generator=generator)
@@ -263,6 +274,10 @@ def _spectra(run: _Run, full_op, sizes, dense: bool) -> dict:
             fields["extra_batches"][B] = tuple(e[0] for e in extras)
             fields["extra_indices"][B] = [e[1] for e in extras]
             fields["extra_noise_m2"][B] = tuple(e[2] for e in extras)
+    if run.config.curvature == "yes":
+        fields["curvature"] = curvature_stage(
+            run, full_op, fields["batch_indices"], dense=H_full is not None
+        )
     return fields
 
 

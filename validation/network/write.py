@@ -20,8 +20,13 @@ def write_network(result: NetworkResult, tables: Tables, out, *, started, wall_s
         w.csv("sigma2.csv", tables.sigma2)
         w.csv("sweep.csv", tables.sweep)
         w.csv("batch_draws.csv", tables.batch_draws)
+        beyond = tables.beyond_goe
+        if beyond is not None:
+            w.csv("per_sample.csv", beyond.per_sample)
+            if len(beyond.batch_models):
+                w.csv("batch_models.csv", beyond.batch_models)
         _figures(w, tables, sorted(result.batches))
-        files = sorted(w.files + ["results.json"])
+        files = w.manifest()
         w.json(
             "results.json",
             results_record(result, tables, files, started=started, wall_seconds=wall_seconds),
@@ -51,6 +56,11 @@ def _figures(w, tables: Tables, sizes) -> None:
     fig, (ax,) = figures.new_figure()
     figures.batch_sweep(ax, tables.sweep)
     w.figure("batch_sweep.png", fig)
+
+    if tables.beyond_goe is not None and len(tables.beyond_goe.batch_models):
+        fig, (ax,) = figures.new_figure()
+        figures.batch_models(ax, tables.beyond_goe.batch_models)
+        w.figure("batch_models.png", fig)
 
 
 def results_record(result: NetworkResult, tables: Tables, files, *, started, wall_seconds) -> dict:
@@ -107,14 +117,32 @@ def results_record(result: NetworkResult, tables: Tables, files, *, started, wal
         "probes": config.probes,
         "hvp_method": result.hvp_method,
         "graph_cache": result.graph_cache,
+        "lockstep": lockstep_record(result),
         "exact_check": result.full.exact is not None,
         "training": result.training,
         "verdicts": tables.summary["verdict"].value_counts().to_dict(),
         "assumption3": {str(B): v for B, v in tables.assumption3.items()},
         "sweep_law": tables.sweep_law,
+        "curvature": tables.beyond_goe.summary if tables.beyond_goe is not None else None,
+        "batch_model_goal": tables.beyond_goe.goal if tables.beyond_goe is not None else {},
         "notes": list(result.notes),
         "timings_seconds": {k: round(v, 3) for k, v in result.timings.items()},
         "files": files,
+    }
+
+
+def lockstep_record(result: NetworkResult) -> dict:
+    """``--lockstep-gb`` and the probes it advances together (SLQ; sigma^2 per-sample centres)."""
+    from nnhessian.lanczos import lockstep_probes
+
+    config = result.config
+    budget = int(config.lockstep_gb * 2**30)
+    return {
+        "gb": config.lockstep_gb,
+        "slq_probes": lockstep_probes(config.probes, result.steps, result.P, config.dtype, budget),
+        "sigma2_per_sample_probes": lockstep_probes(
+            config.sigma2_probes, 2, result.P, config.dtype, budget
+        ),
     }
 
 
@@ -188,6 +216,15 @@ def console_report(result: NetworkResult, tables: Tables) -> list[str]:
             f"{law[f'{key}_constant_fitted'] / law[f'{key}_constant_predicted']:.3g}x Theorem 2's; "
             f"log-log slope vs f {law['loglog_slope_vs_f']:.3g} (edge 0.5, saturation 0)"
         )
+    beyond = tables.beyond_goe
+    if beyond is not None:
+        s = beyond.summary
+        lines.append(
+            f"per-sample curvature ({s['samples']} samples): top GGN eigenvalue median "
+            f"{s['top_ggn_quantiles'][0]:.3g}, max {s['top_ggn_max']:.3g}, Hill tail index "
+            f"{s['hill_alpha']:.3g} [{s['hill_interval'][0]:.3g}, {s['hill_interval'][1]:.3g}]"
+        )
+        lines += [f"model {sentence}" for sentence in beyond.goal.values()]
     counts = summary["verdict"].value_counts().to_dict()
     lines.append(
         "all checks: " + ", ".join(f"{n} {verdict}" for verdict, n in sorted(counts.items()))
