@@ -11,7 +11,10 @@ passes, each building a batch's gradient graph once and running 5 reverse passes
 :meth:`nnhessian.operators.HessianOperator.matvec_many`). Reported per model: seconds, products
 and the cost per product in gradient passes, ``(SLQ seconds / products) / gradient seconds``, the
 gradient pass timed (median of ``--repeats``) before and after the two runs; and whether the two
-runs' Ritz values and weights are bit-identical (they must be on the CPU).
+runs' Ritz values and weights are bit-identical (they must be on the CPU). On a shared machine
+the load can change between the two SLQ runs, so the products alone are also timed alternately
+("paired": gradient pass, k separate products, one k-product pass, ``2 repeats + 1`` rounds,
+medians), which load changes hit on all sides.
 
 Models on CIFAR-shaped random data (3 x 32 x 32 standard normal images, 100 classes uniform,
 float32, seeded; nothing downloaded): ``cnn`` and ``cnn_bn`` (nnhessian.models SmallCNN, width 8,
@@ -67,6 +70,30 @@ def grad_seconds(op: HessianOperator, repeats: int) -> list[float]:
     return times
 
 
+def paired_products(op: HessianOperator, k: int, repeats: int, seed: int) -> dict:
+    """Gradient pass, k separate products and one k-product pass, timed alternately ``repeats``
+    times (load changes on a shared machine hit all three); medians, per product in gradient
+    passes."""
+    g = torch.Generator().manual_seed(seed)
+    vs = [torch.randn(op.dim, generator=g) for _ in range(k)]
+    t = {"grad": [], "separate": [], "lockstep": []}
+    for _ in range(repeats):
+        for label, fn in (
+            ("grad", op.loss_and_gradient),
+            ("separate", lambda: [op.matvec(v) for v in vs]),
+            ("lockstep", lambda: op.matvec_many(vs)),
+        ):
+            t0 = time.perf_counter()
+            fn()
+            t[label].append(time.perf_counter() - t0)
+    grad = statistics.median(t["grad"])
+    return {
+        "grad_seconds": grad,
+        "separate_grad_passes_per_product": statistics.median(t["separate"]) / k / grad,
+        "lockstep_grad_passes_per_product": statistics.median(t["lockstep"]) / k / grad,
+    }
+
+
 def bench_model(name: str, args) -> dict:
     model = make_model(name, args.seed)
     data = make_data(args.images, args.seed + 1)
@@ -74,6 +101,7 @@ def bench_model(name: str, args) -> dict:
         model, data, batch_size=args.batch_size, graph_cache_bytes=0, verify=False
     )
     op.matvec(torch.ones(op.dim))  # warm-up; resolves the HVP method
+    paired = paired_products(op, args.probes, 2 * args.repeats + 1, args.seed + 2)
     grads = grad_seconds(op, args.repeats)
     runs = {}
     for label, k in (("sequential", 1), ("lockstep", args.probes)):
@@ -97,6 +125,7 @@ def bench_model(name: str, args) -> dict:
         "grad_seconds": t_grad,
         "bit_identical": identical,
         "reverse": op.reverse,
+        "paired": paired,
     }
     for label, (_, seconds, products) in runs.items():
         out[label] = {
@@ -138,6 +167,12 @@ def main(argv=None) -> int:
             f"{r['lockstep']['seconds']:>9.1f}{r['sequential']['grad_passes_per_product']:>8.2f}"
             f"{r['lockstep']['grad_passes_per_product']:>8.2f}{r['speedup']:>9.2f}  "
             f"{r['bit_identical']}",
+            flush=True,
+        )
+        pr = r["paired"]
+        print(
+            f"{'':<9}paired products: separate {pr['separate_grad_passes_per_product']:.2f}, "
+            f"lockstep {pr['lockstep_grad_passes_per_product']:.2f} gradient passes per product",
             flush=True,
         )
     if args.json is not None:

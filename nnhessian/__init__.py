@@ -17,6 +17,9 @@ torch lives here (never matplotlib). Stages, each a pure function or a small obj
   :class:`PerSampleHessians` (per-sample products ``H_i v``);
 * :mod:`nnhessian.lanczos` -- :func:`lanczos` with full reorthogonalisation, SLQ, densities;
 * :mod:`nnhessian.sigma2` -- estimators of sigma^2 (paper eq. 9);
+* :mod:`nnhessian.ggn` and :mod:`nnhessian.curvature` -- per-sample Gauss-Newton spectra (C x C
+  per sample), the exact batch GGN spectrum from its (B C) x (B C) Gram matrix, the tail of the
+  per-sample curvature and the share of the non-GGN part;
 * :mod:`nnhessian.weights` -- a model at given weights: weight files, fit and finiteness checks,
   the mean loss, a short deterministic SGD run off the initialisation;
 * :mod:`nnhessian.training` and :mod:`nnhessian.train_checkpoint` -- the paper's training recipe
@@ -25,8 +28,8 @@ torch lives here (never matplotlib). Stages, each a pure function or a small obj
 * :mod:`nnhessian.checkpoint` -- resumable state of long Lanczos / sigma^2 runs;
 * :mod:`nnhessian.distributed` -- the full-data passes sharded over torch.distributed ranks.
 
-``datasets``, ``weights``, ``training``, ``train_checkpoint``, ``cifar``, ``checkpoint`` and
-``distributed`` are imported on demand (``import nnhessian.distributed``).
+``datasets``, ``ggn``, ``curvature``, ``weights``, ``training``, ``train_checkpoint``, ``cifar``,
+``checkpoint`` and ``distributed`` are imported on demand (``import nnhessian.distributed``).
 """
 
 from nnhessian import models

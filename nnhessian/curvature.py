@@ -175,6 +175,17 @@ class CurvatureSummary:
     subset_size: int | None  # copied from the table: None when all samples (or given ones)
 
 
+def _hill(top: np.ndarray, k: int | None, level: float) -> HillEstimate:
+    """Hill's estimate over the positive top eigenvalues; all-NaN when too few are positive (e.g.
+    a model at initialisation whose outputs are constant in some samples)."""
+    positive = top[top > 0]
+    try:
+        return hill_estimate(positive, k, level=level)
+    except ValueError:
+        nan = float("nan")
+        return HillEstimate(nan, nan, nan, nan, 0, int(positive.size), nan, level)
+
+
 def curvature_summary(
     table: PerSampleCurvature,
     *,
@@ -192,7 +203,7 @@ def curvature_summary(
         maximum=float(np.max(top)),
         mean_top=float(np.mean(top)),
         mean_trace=float(np.mean(table.trace)),
-        hill=hill_estimate(top, k, level=level),
+        hill=_hill(top, k, level),
         n=int(top.shape[0]),
         subset_size=table.subset_size,
     )

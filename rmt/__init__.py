@@ -15,7 +15,8 @@ numpy/scipy only. Stages:
 * :mod:`rmt.subordination` -- free additive convolution of two discrete measures (or one and an
   R-transform) by subordination: density, exact right edge, outliers, generalised BBP (M4);
 * :mod:`rmt.free_poisson` -- M3: the batch GGN noise as a free compound Poisson law;
-* :mod:`rmt.spacing` -- mean ratio of consecutive level spacings (Atas et al. 2013).
+* :mod:`rmt.spacing` -- mean ratio of consecutive level spacings (Atas et al. 2013);
+* :mod:`rmt.tails` -- Hill's estimate of a tail index (per-sample curvature).
 
 :mod:`rmt.testing` (hypothesis strategies and statistical assertions for property tests) needs
 hypothesis and is imported on demand: ``import rmt.testing``.

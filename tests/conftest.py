@@ -17,6 +17,15 @@ settings.register_profile(
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow],
 )
+# tox -e fuzz: randomised, many examples (tests/test_hostile_input.py explores every hostile value
+# of every numeric option; the property tests of rmt and nnhessian draw far more parameters)
+settings.register_profile(
+    "fuzz",
+    max_examples=2_000,
+    deadline=None,
+    derandomize=False,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 

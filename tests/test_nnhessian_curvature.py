@@ -294,3 +294,20 @@ def test_ggn_matrix_is_the_mean_of_the_dense_per_sample_ggns():
     half = torch.arange(len(data) // 2)
     got_half = nnhessian.ggn.ggn_matrix(model, data, half, max_numbers=3 * 10 * J.shape[-1])
     assert rel(got_half.numpy(), dense_ggn(J[half], p[half]).mean(0).numpy()) <= GGN_RTOL64
+
+
+def test_summary_of_a_table_with_too_few_positive_curvatures_has_no_tail_index():
+    """Constant outputs (e.g. a dead network at initialisation) give zero GGN eigenvalues: the
+    summary reports them, and Hill's index, which needs positive values, is NaN."""
+    from nnhessian.curvature import PerSampleCurvature
+
+    n, C = 40, 3
+    eig = np.zeros((n, C))
+    eig[0, 0] = 2.0  # one positive value: no upper order statistic beyond it
+    table = PerSampleCurvature(
+        indices=np.arange(n), labels=np.zeros(n, dtype=int), losses=np.ones(n), eigenvalues=eig,
+        top_overlaps=None, num_samples=n, subset_size=None, seed=None, num_parameters=10,
+        num_classes=C, dtype="float64", chunk=n,
+    )  # fmt: skip
+    summary = curvature_summary(table)
+    assert summary.maximum == 2.0 and np.isnan(summary.hill.alpha) and summary.hill.n == 1

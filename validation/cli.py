@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -89,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _other_rank() -> bool:
+    """A torch.distributed rank other than 0 (torchrun sets RANK)."""
+    return os.environ.get("RANK", "0").strip() not in ("", "0")
+
+
 def main(argv=None) -> int:
     started = datetime.now(UTC)
     try:
@@ -103,5 +109,8 @@ def main(argv=None) -> int:
                 args.out_state = check_out(args.out, kind, config, overwrite=args.overwrite)
         return importlib.import_module(args.command_module).command(args, started)
     except UsageError as exc:
+        if _other_rank() and not getattr(exc, "every_rank", False):
+            # under torchrun every rank parses the same options: rank 0 says it once
+            raise SystemExit(EXIT_USAGE) from None
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -141,9 +141,11 @@ def predictions(result: NetworkResult, B: int, t: float) -> list[Prediction]:
     stage = result.curvature
     if stage is not None and stage.table.top_overlaps is not None and len(stage.table.top) >= B:
         table = stage.table
-        m2 = extreme_value_model(stage.full_top, table.top, table.top_overlaps, B)
+        # a sample with G_i = 0 has no top eigenvector (overlap NaN): its piece is 0 anyway
+        overlaps = np.nan_to_num(table.top_overlaps, nan=0.0)
+        m2 = extreme_value_model(stage.full_top, table.top, overlaps, B)
         out.append(Prediction("M2", m2.mean, m2.sd, m2.q10, m2.q90))
-        if B < result.N and result.steps >= 2:
+        if B < result.N and result.steps >= 2 and float(np.max(table.top)) > 0:
             out += _free_models(result, B)
     return out
 

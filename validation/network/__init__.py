@@ -104,7 +104,8 @@ Your own model: ``--model package.module:callable`` and ``--data package.module:
 
 The flow, one module each: :mod:`~validation.network.config` (what to measure) ->
 :mod:`~validation.network.prepare` (data, model, weights) -> :mod:`~validation.network.stages`
-(operators, sigma^2, spectra, exact check: the raw :mod:`~validation.network.result`) ->
+(operators, sigma^2, spectra, exact check) and :mod:`~validation.network.curvature` (per-sample
+and batch Gauss-Newton spectra: the raw :mod:`~validation.network.result`) ->
 :mod:`validation.checks.network` (theory and verdicts, pure) -> :mod:`~validation.network.write`
 (result folder) ; :mod:`~validation.network.epochs` (sweeps over training checkpoints) and
 :mod:`~validation.network.commandline` (the command line, torchrun).
