@@ -38,9 +38,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nnhessian.data import InMemoryDataset  # noqa: E402
-from nnhessian.lanczos import slq  # noqa: E402
 from nnhessian.models import VGG, VGG16_CFG, build, num_parameters  # noqa: E402
 from nnhessian.operators import HessianOperator  # noqa: E402
+from nnhessian.slq import slq  # noqa: E402
 
 MODELS = ("cnn", "cnn_bn", "vgg16/8")
 CLASSES = 100

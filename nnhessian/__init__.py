@@ -15,7 +15,8 @@ torch lives here (never matplotlib). Stages, each a pure function or a small obj
 * :mod:`nnhessian.reference` -- the one dense ground truth: :func:`dense_hessian`,
   :func:`dense_per_sample_hessians` (torch.func, independent of the HVPs) and
   :class:`PerSampleHessians` (per-sample products ``H_i v``);
-* :mod:`nnhessian.lanczos` -- :func:`lanczos` with full reorthogonalisation, SLQ, densities;
+* :mod:`nnhessian.lanczos` -- :func:`lanczos` with full reorthogonalisation, Ritz vectors;
+* :mod:`nnhessian.slq` -- stochastic Lanczos quadrature (probes in lockstep), second moments;
 * :mod:`nnhessian.sigma2` -- estimators of sigma^2 (paper eq. 9);
 * :mod:`nnhessian.ggn` and :mod:`nnhessian.curvature` -- per-sample Gauss-Newton spectra (C x C
   per sample), the exact batch GGN spectrum from its (B C) x (B C) Gram matrix, the tail of the
@@ -40,15 +41,10 @@ from nnhessian.data import (
     load_digits,
 )
 from nnhessian.lanczos import (
-    ExtremeEigenvalues,
     LanczosResult,
-    SLQResult,
-    extreme_eigenvalues,
     gauss_quadrature,
     lanczos,
     quadrature_moments,
-    second_moments,
-    slq,
     smooth_density,
 )
 from nnhessian.operators import (
@@ -63,6 +59,13 @@ from nnhessian.sigma2 import (
     sigma2_partition,
     sigma2_per_sample,
     sigma2_two_batch,
+)
+from nnhessian.slq import (
+    ExtremeEigenvalues,
+    SLQResult,
+    extreme_eigenvalues,
+    second_moments,
+    slq,
 )
 
 __all__ = [

@@ -69,8 +69,9 @@ from tqdm import tqdm
 from nnhessian.checkpoint import ProbeLoop
 from nnhessian.data import BatchSource, data_pass
 from nnhessian.hvp import has_batchnorm, policy_mode
-from nnhessian.lanczos import DEFAULT_LOCKSTEP_BYTES, lockstep_probes, products
+from nnhessian.lanczos import DEFAULT_LOCKSTEP_BYTES
 from nnhessian.operators import HessianOperator
+from nnhessian.slq import lockstep_probes, products
 from rmt.theory import exact_factor
 
 __all__ = [
@@ -303,7 +304,7 @@ def sigma2_per_sample(
     reduce the variance as 1/probes; there is no bias to trade.
 
     Lockstep: the centres ``H_emp v`` of ``lockstep`` probes come from one full-data pass
-    (:func:`nnhessian.lanczos.products`); ``None`` takes as many as fit in ``lockstep_bytes`` at
+    (:func:`nnhessian.slq.products`); ``None`` takes as many as fit in ``lockstep_bytes`` at
     two P-vectors per probe. Values are bit-identical on the CPU for any ``lockstep`` and resume
     per probe as before. (The partition and two-batch estimators draw their own batches per
     probe, so their probes share no data pass and run one at a time.)

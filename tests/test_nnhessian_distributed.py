@@ -31,10 +31,11 @@ from nnhessian.distributed import (
     shard_plan,
     sharded_full_operator,
 )
-from nnhessian.lanczos import lanczos, random_unit_vector, slq
+from nnhessian.lanczos import lanczos, random_unit_vector
 from nnhessian.models import build
 from nnhessian.operators import HessianOperator
 from nnhessian.sigma2 import sigma2_partition, sigma2_per_sample
+from nnhessian.slq import slq
 from tests.helpers import F64, Crash, CrashingOperator, digits, free_port, gaussian_mlp
 from tests.tolerances import (
     SIGMA2_PROBE_RTOL64,

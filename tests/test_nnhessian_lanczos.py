@@ -12,17 +12,15 @@ from hypothesis import strategies as st
 
 from nnhessian import reference
 from nnhessian.lanczos import (
-    extreme_eigenvalues,
     gauss_quadrature,
     lanczos,
     quadrature_moments,
     random_unit_vector,
     ritz_vectors,
-    second_moments,
-    slq,
     smooth_density,
 )
 from nnhessian.operators import MatrixOperator
+from nnhessian.slq import extreme_eigenvalues, second_moments, slq
 from rmt.testing import seeds
 from tests.helpers import F64, digits_mlp_operator, subset
 from tests.tolerances import (

@@ -18,16 +18,10 @@ import torch
 import torch.distributed as dist
 
 from nnhessian.distributed import DistContext, init_from_env, sharded_full_operator
-from nnhessian.lanczos import (
-    DEFAULT_LOCKSTEP_BYTES,
-    lockstep_probes,
-    products,
-    second_moments,
-    shares_passes,
-    slq,
-)
+from nnhessian.lanczos import DEFAULT_LOCKSTEP_BYTES
 from nnhessian.operators import HessianOperator, MatrixOperator
 from nnhessian.sigma2 import sigma2_per_sample
+from nnhessian.slq import lockstep_probes, products, second_moments, shares_passes, slq
 from tests.helpers import (
     BATCH_IDX,
     F64,

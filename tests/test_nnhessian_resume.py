@@ -31,10 +31,11 @@ from nnhessian.checkpoint import (
     atomic_save,
 )
 from nnhessian.data import InMemoryDataset
-from nnhessian.lanczos import lanczos, slq
+from nnhessian.lanczos import lanczos
 from nnhessian.models import build
 from nnhessian.operators import HessianOperator, MatrixOperator
 from nnhessian.sigma2 import sigma2_partition, sigma2_per_sample, sigma2_two_batch
+from nnhessian.slq import slq
 from rmt.testing import seeds
 from tests.helpers import (
     F64,
@@ -352,7 +353,7 @@ def test_run_state_saves_atomically_and_prunes(tmp_path):
 # the run, after the temporary file is written and before the rename (k = 0: no kill).
 CHILD = """
 import os, signal, sys, torch
-from nnhessian.lanczos import slq
+from nnhessian.slq import slq
 from nnhessian.operators import HessianOperator
 from tests.helpers import gaussian_mlp
 torch.set_num_threads(1)

@@ -73,7 +73,7 @@ class NetworkResult:
     # --batch-draws K > 1: B -> the extra draws 1..K-1, each a Spectrum of its H_B (one probe)
     extra_batches: dict = field(default_factory=dict)
     extra_indices: dict = field(default_factory=dict)  # B -> [(B,) indices of draws 1..K-1]
-    # B -> draws 1..K-1, each a (probes,) array of ||N_B q||^2 (lanczos.second_moments)
+    # B -> draws 1..K-1, each a (probes,) array of ||N_B q||^2 (nnhessian.slq.second_moments)
     extra_noise_m2: dict = field(default_factory=dict)
     # stage 6 (validation.network.curvature.CurvatureStage), None with --curvature no
     curvature: object | None = None

@@ -133,7 +133,7 @@ def results_record(result: NetworkResult, tables: Tables, files, *, started, wal
 
 def lockstep_record(result: NetworkResult) -> dict:
     """``--lockstep-gb`` and the probes it advances together (SLQ; sigma^2 per-sample centres)."""
-    from nnhessian.lanczos import lockstep_probes
+    from nnhessian.slq import lockstep_probes
 
     config = result.config
     budget = int(config.lockstep_gb * 2**30)
@@ -144,6 +144,19 @@ def lockstep_record(result: NetworkResult) -> dict:
             config.sigma2_probes, 2, result.P, config.dtype, budget
         ),
     }
+
+
+def _beyond_goe_lines(beyond) -> list[str]:
+    """The per-sample curvature and one sentence per batch-spectrum model."""
+    if beyond is None:
+        return []
+    s = beyond.summary
+    return [
+        f"per-sample curvature ({s['samples']} samples): top GGN eigenvalue median "
+        f"{s['top_ggn_quantiles'][0]:.3g}, max {s['top_ggn_max']:.3g}, Hill tail index "
+        f"{s['hill_alpha']:.3g} [{s['hill_interval'][0]:.3g}, {s['hill_interval'][1]:.3g}]",
+        *(f"model {sentence}" for sentence in beyond.goal.values()),
+    ]
 
 
 def console_report(result: NetworkResult, tables: Tables) -> list[str]:
@@ -216,15 +229,7 @@ def console_report(result: NetworkResult, tables: Tables) -> list[str]:
             f"{law[f'{key}_constant_fitted'] / law[f'{key}_constant_predicted']:.3g}x Theorem 2's; "
             f"log-log slope vs f {law['loglog_slope_vs_f']:.3g} (edge 0.5, saturation 0)"
         )
-    beyond = tables.beyond_goe
-    if beyond is not None:
-        s = beyond.summary
-        lines.append(
-            f"per-sample curvature ({s['samples']} samples): top GGN eigenvalue median "
-            f"{s['top_ggn_quantiles'][0]:.3g}, max {s['top_ggn_max']:.3g}, Hill tail index "
-            f"{s['hill_alpha']:.3g} [{s['hill_interval'][0]:.3g}, {s['hill_interval'][1]:.3g}]"
-        )
-        lines += [f"model {sentence}" for sentence in beyond.goal.values()]
+    lines += _beyond_goe_lines(tables.beyond_goe)
     counts = summary["verdict"].value_counts().to_dict()
     lines.append(
         "all checks: " + ", ".join(f"{n} {verdict}" for verdict, n in sorted(counts.items()))
