@@ -353,3 +353,46 @@ def extremes_over_epochs(ax, table, *, side: str = "max"):
     ax.set_ylabel(f"lambda_{side} (eigenvalue of the Hessian)")
     ax.set_title(f"{'largest' if side == 'max' else 'smallest'} eigenvalue over epochs")
     ax.legend(fontsize=7)
+
+
+# ---------------------------------------------------------------------------------------------
+# stability (validation.stability): drawn from measured.csv and predictions.csv as stored
+
+STABILITY_COLOURS = {
+    "gd": "#7f7f7f",
+    "batch mean": PREDICTED,
+    "theorem2": "#ff7f0e",
+    "best model": "#2ca02c",
+    "wu-ma-e": "#9467bd",
+}
+
+
+def eta_max_vs_batch(ax, measured, predictions, *, momentum: float, N: int):
+    """Measured eta_max(B) (median over seeds, bar: the range of the seeds' brackets) of one
+    series (``momentum``) against each stored prediction, with the 10-90% band of
+    ``2 (1 + mu) / lambda_max(H_B)`` over batches; B = N (gradient descent) at the right end."""
+    m = measured[measured["momentum"] == momentum].sort_values("B")
+    B = m["B"].to_numpy(dtype=float)
+    low = m["eta_max"] - m["eta_max_low"]
+    high = m["eta_max_high"] - m["eta_max"]
+    ax.errorbar(B, m["eta_max"], yerr=[low, high], fmt="o-", color=MEASURED, capsize=3,
+                label="measured (median, range over seeds)")  # fmt: skip
+    p = predictions[predictions["momentum"] == momentum]
+    q10 = p[p["prediction"] == "batch q10"].sort_values("B")
+    q90 = p[p["prediction"] == "batch q90"].sort_values("B")
+    if len(q10):
+        ax.fill_between(q10["B"].to_numpy(dtype=float), q10["predicted"], q90["predicted"],
+                        color=PREDICTED, alpha=0.15, label="10-90% over batches")  # fmt: skip
+    for name, colour in STABILITY_COLOURS.items():
+        part = p[p["prediction"] == name].sort_values("B")
+        part = part[np.isfinite(part["predicted"].to_numpy(dtype=float))]
+        if len(part):
+            ax.plot(part["B"].to_numpy(dtype=float), part["predicted"], "x--", color=colour,
+                    label=f"predicted: {name}")  # fmt: skip
+    ax.axvline(N, color="grey", lw=0.5)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch size B (B = N: gradient descent)")
+    ax.set_ylabel("largest stable learning rate eta_max")
+    ax.set_title(f"eta_max(B), momentum {momentum:g}")
+    ax.legend(fontsize=7)

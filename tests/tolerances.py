@@ -357,3 +357,16 @@ FCP_CONTOUR_RTOL = 1e-12
 # what is left is the solvers' rounding, ~ 64 eps (|z| + |w|) ~ 1e-13: 1e-10 allowed. A variance
 # off by 0.1 moves the edge by 0.04.
 SUBORDINATION_GAUSS_ATOL = 1e-10
+
+# ---- rmt.stability (tests/test_rmt_stability.py) ----------------------------------------------
+# E_B[H_B (x) H_B] by enumeration of <= 56 batches against the closed form H (x) H + f Sigma:
+# sums of O(56) products of entries <= ~10, rounding ~ 56 x 100 eps ~ 1e-12; observed 4e-15. The
+# paper's factor instead of the exact one moves C by f/(N - 1) ~ 10% of f Sigma.
+STABILITY_MOMENT_ATOL = 1e-11
+# Thresholds from the generalised eigenvalue vs rho(T(eta)) = 1 at eta*(1 -+ 1e-6): rho moves by
+# ~ eta* rho'(eta*) 1e-6 >= 1e-7, far above eigvalsh's rounding of a P^2 x P^2 map (~1e-14).
+STABILITY_THRESHOLD_STEP = 1e-6
+# Mean loss over R = 4000 SGD runs at T = 50: near eta* the runs' losses are heavy-tailed, and the
+# bisection edge moves with the sample mean; observed 0.1-0.4% off rmt.stability.run_length_eta
+# over seeds; 2% allowed. The paper's factor moves eta* by 7-11% here, with replacement by 13-23%.
+STABILITY_MC_REL = 0.02

@@ -31,6 +31,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "validation.report",
     "validation.train",
     "validation.network",
+    "validation.stability",
 )
 
 
@@ -42,26 +43,12 @@ RESULT_IDENTITY = {
     "validation.paper": "validation.paper:result_identity",
     "validation.report": "validation.report:result_identity",
     "validation.train": "validation.train:result_identity",
-    "validation.network": "validation.cli:network_identity",
+    "validation.network": "validation.network:result_identity",
 }
 OVERWRITE_HELP = (
     "replace --out even when it holds another kind of run, a run of another configuration, or "
     "files that are no result folder (a rerun of the same configuration replaces it anyway)"
 )
-
-
-def network_identity(args):
-    """``network``: one run, or an epoch sweep over ``--checkpoints`` (the configuration comes
-    from ``validation.network.config_from_args``; the sweep's identity from its module). Bad
-    options: None, so that ``network``'s command reports them (under torchrun rank 0 alone)."""
-    import validation.network as network
-    from validation.network.epochs import result_identity
-
-    try:
-        config = network.config_from_args(args)
-    except UsageError:
-        return None
-    return result_identity(config, args.checkpoints)
 
 
 def result_identity(args):
@@ -83,9 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
         for added in set(sub.choices) - before:
             parser_of = sub.choices[added]
             parser_of.set_defaults(command_module=name)
-            # argparse keeps its options by string here; every subcommand with --out gets
-            # --overwrite, defined once
-            if "--out" in parser_of._option_string_actions:
+            # every subcommand with --out (each has a default folder) gets --overwrite, defined once
+            if parser_of.get_default("out") is not None:
                 parser_of.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     return parser
 

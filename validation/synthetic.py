@@ -185,7 +185,7 @@ def check_counts(config: SyntheticConfig) -> None:
     """Trials, seed, sweep points, histogram dimension, extremes and the z threshold."""
     if config.trials < 2:
         raise UsageError(f"--trials must be >= 2 (a standard error needs two), got {config.trials}")
-    pass  # GUARD REMOVED
+    require_integer("--seed", config.seed, 0, SEED_MAX, "the root of every random stream")
     if config.n_extreme < 1 or config.n_extreme > min(config.P):
         raise UsageError(f"--n-extreme must be between 1 and min(P) = {min(config.P)}")
     if config.sweep_points < 0:

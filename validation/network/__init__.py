@@ -122,6 +122,7 @@ _EXPORTS = {
     "add_parser": "validation.network.commandline",
     "command": "validation.network.commandline",
     "config_from_args": "validation.network.commandline",
+    "result_identity": "validation.network.commandline",
     "NetworkConfig": "validation.network.config",
     "NetworkResult": "validation.network.result",
     "Spectrum": "validation.network.result",

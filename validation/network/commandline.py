@@ -187,6 +187,19 @@ def _default_model(args) -> str:
     return NetworkConfig.model
 
 
+def result_identity(args):
+    """``network``: one run, or an epoch sweep over ``--checkpoints`` (the configuration comes
+    from ``validation.network.config_from_args``; the sweep's identity from its module). Bad
+    options: None, so that ``network``'s command reports them (under torchrun rank 0 alone)."""
+    from validation.network import epochs
+
+    try:
+        config = config_from_args(args)
+    except UsageError:
+        return None
+    return epochs.result_identity(config, args.checkpoints)
+
+
 def config_from_args(args) -> NetworkConfig:
     from nnhessian.datasets import DEFAULT_DATA_DIR
 

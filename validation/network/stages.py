@@ -225,6 +225,17 @@ def extra_draw(run: _Run, full_op, B: int, draw: int, N: int):
     return _spectrum("batch", B, draw_slq), idx.numpy(), m2
 
 
+def _check_memory(config: NetworkConfig, P: int, steps: int) -> None:
+    """Refuse, before any product, a Lanczos basis beyond the machine: ``(steps + 3) P`` numbers
+    for one probe (the basis and three work vectors; the dense check is capped at EXACT_MAX_P)."""
+    from validation.options import check_machine
+
+    itemsize = 4 if config.dtype == "float32" else 8
+    check_machine(
+        f"a Lanczos basis of {steps} steps at P = {P:,}", memory=(steps + 3) * P * itemsize
+    )
+
+
 def _plan(run: _Run, P: int, sizes, main: bool, sigma2_batch) -> bool:
     """Steps, the exact check and the progress totals; returns whether this rank runs it."""
     config = run.config
@@ -233,6 +244,7 @@ def _plan(run: _Run, P: int, sizes, main: bool, sigma2_batch) -> bool:
         run.notes.append(
             f"--steps {config.steps} capped at P = {P}: a Krylov space has <= P vectors"
         )
+    _check_memory(config, P, run.steps)
     exact = config.exact == "yes" or (config.exact == "auto" and P <= EXACT_MAX_P)
     if config.exact == "yes" and P > EXACT_MAX_P:
         raise UsageError(f"--exact yes needs P <= {EXACT_MAX_P:,} (dense P x P), got P = {P:,}")
