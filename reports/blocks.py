@@ -17,7 +17,8 @@ SECTIONS = (
     ("network", "4. Network spectra"),
     ("batch-models", "5. Which model explains the batch spectrum"),
     ("sigma2-epochs", "6. sigma^2 over epochs"),
-    ("provenance", "7. Provenance"),
+    ("stability", "7. The largest stable learning rate"),
+    ("provenance", "8. Provenance"),
 )
 
 # ---------------------------------------------------------------------------------------------

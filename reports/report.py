@@ -100,6 +100,7 @@ def _build(runs: list[Run], *, title: str, created: _dt.datetime | None) -> Repo
     blocks += _network_section(networks)
     blocks += _batch_models_section(networks)
     blocks += _sigma2_section(networks)
+    blocks += _stability_section([r for r in runs if r.kind == "stability"])
     blocks += _provenance_section(runs)
     figures = {}
     for i, block in enumerate(blocks):
@@ -569,6 +570,32 @@ def _sigma2_section(runs: list[Run]) -> list:
         )
     )
     blocks.append(Table(frame, caption="sigma^2 over epochs"))
+    return blocks
+
+
+STABILITY_COLUMNS = ["B", "momentum", "prediction", "predicted", "measured", "measured_se",
+                     "rel_error"]  # fmt: skip
+
+
+def _stability_section(runs: list[Run]) -> list:
+    """``validation stability`` runs: the goal sentences, the figure, the table as stored."""
+    blocks = [_section("stability")]
+    if not runs:
+        return blocks + [Note("No run of python -m validation stability among the inputs.")]
+    for run in runs:
+        blocks.append(Heading(3, run.label))
+        for sentence in run.results.get("goal") or []:
+            blocks.append(Paragraph(str(sentence)))
+        blocks += _figure(
+            run,
+            "stability.png",
+            "eta_max(B) of SGD (median and range over seeds; left plain, right with momentum) "
+            "against each prediction; B = N is gradient descent.",
+        )
+        table = run.table("predictions.csv")
+        caption = "Predicted and measured eta_max per batch size"
+        blocks.append(Table(_columns(table, STABILITY_COLUMNS), caption=caption))
+        blocks.append(_tidy_table(run, caption="Stability rows"))
     return blocks
 
 

@@ -21,7 +21,7 @@ settings.register_profile(
 # of every numeric option; the property tests of rmt and nnhessian draw far more parameters)
 settings.register_profile(
     "fuzz",
-    max_examples=2_000,
+    max_examples=500,
     deadline=None,
     derandomize=False,
     suppress_health_check=[HealthCheck.too_slow],

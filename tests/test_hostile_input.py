@@ -150,7 +150,7 @@ CASES = [(name, option) for name, (_, toy) in COMMANDS.items() for option in toy
 
 # dev/ci: enough to try every one of the ~800 (option, value) cases (hypothesis stops when the
 # space is exhausted; ~30 s on 2 cores, most are refused at once). With 400, the derandomised ci
-# run missed a removed --seed guard; tox -e fuzz (2,000, randomised) runs them in random order.
+# run missed a removed --seed guard; tox -e fuzz (randomised) runs them in random order.
 DEFAULT_EXAMPLES = 1_000
 EXAMPLES = max(settings.default.max_examples, DEFAULT_EXAMPLES)
 
