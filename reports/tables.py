@@ -25,7 +25,7 @@ import pandas as pd
 
 from reports.schema import TIDY_COLUMNS, VERDICTS, tidy_frame, verdict_word
 
-KINDS = ("synthetic", "paper", "network")
+KINDS = ("synthetic", "paper", "network", "stability")
 DEFAULT_Z_CRIT = 4.0  # validation.synthetic.SyntheticConfig.z_crit, for folders that lack it
 
 

@@ -396,3 +396,57 @@ def write_fake_network(folder: Path, *, epoch, sigma2, model="vgg16", omit=()) -
     }
     (folder / "results.json").write_text(json.dumps(results))
     return folder
+
+
+# ---- torch.distributed: launching gloo ranks as child processes ----------------------------------
+
+
+def launch_ranks(entry: str, out_dir, world: int = 2, timeout: float = 150.0) -> list[dict]:
+    """Run ``entry`` (``"tests.test_x:function"``, called with ``out_dir``) in ``world`` child
+    processes with a torchrun-style environment (RANK, WORLD_SIZE, a free MASTER_PORT on
+    127.0.0.1); each saves ``out_dir / f"rank{r}.pt"``, returned in rank order."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    module, function = entry.split(":")
+    out_dir = Path(out_dir)
+    port = free_port()
+    code = f"from {module} import {function}; {function}({str(out_dir)!r})"
+    root = Path(__file__).resolve().parents[1]
+    procs = []
+    for rank in range(world):
+        env = {
+            **os.environ,
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "OMP_NUM_THREADS": "1",
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", code],
+                cwd=root,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+        )
+    deadline = time.monotonic() + timeout
+    logs = []
+    try:
+        for p in procs:
+            out, _ = p.communicate(timeout=max(deadline - time.monotonic(), 1))
+            logs.append(out.decode(errors="replace"))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for rank, (p, log) in enumerate(zip(procs, logs, strict=True)):
+        assert p.returncode == 0, f"rank {rank} failed:\n{log[-3000:]}"
+    return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(world)]

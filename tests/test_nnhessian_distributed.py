@@ -11,10 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +32,14 @@ from nnhessian.models import build
 from nnhessian.operators import HessianOperator
 from nnhessian.sigma2 import sigma2_partition, sigma2_per_sample
 from nnhessian.slq import slq
-from tests.helpers import F64, Crash, CrashingOperator, digits, free_port, gaussian_mlp
+from tests.helpers import (
+    F64,
+    Crash,
+    CrashingOperator,
+    digits,
+    gaussian_mlp,
+    launch_ranks,
+)
 from tests.tolerances import (
     SIGMA2_PROBE_RTOL64,
     lanczos_reorder_atol,
@@ -111,42 +114,7 @@ def _rank_main(out_dir: str) -> None:
 
 
 def launch(out_dir: Path, world: int = 2, timeout: float = 150.0) -> list[dict]:
-    port = free_port()
-    code = f"from tests.test_nnhessian_distributed import _rank_main; _rank_main({str(out_dir)!r})"
-    procs = []
-    for rank in range(world):
-        env = {
-            **os.environ,
-            "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
-            "WORLD_SIZE": str(world),
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-            "OMP_NUM_THREADS": "1",
-        }
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-c", code],
-                cwd=ROOT,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-            )
-        )
-    deadline = time.monotonic() + timeout
-    logs = []
-    try:
-        for p in procs:
-            out, _ = p.communicate(timeout=max(deadline - time.monotonic(), 1))
-            logs.append(out.decode(errors="replace"))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for rank, (p, log) in enumerate(zip(procs, logs, strict=True)):
-        assert p.returncode == 0, f"rank {rank} failed:\n{log[-3000:]}"
-    return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(world)]
+    return launch_ranks("tests.test_nnhessian_distributed:_rank_main", out_dir, world, timeout)
 
 
 @functools.cache

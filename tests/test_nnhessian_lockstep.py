@@ -6,10 +6,6 @@ after a crash (under another lockstep too); the same under two gloo processes.
 from __future__ import annotations
 
 import contextlib
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +23,9 @@ from tests.helpers import (
     F64,
     Crash,
     digits_mlp_operator,
-    free_port,
     full_operator,
     gaussian_mlp,
+    launch_ranks,
     probes,
 )
 from tests.tolerances import BATCHED_REVERSE_RTOL64
@@ -343,42 +339,7 @@ def _rank_main(out_dir: str) -> None:
 
 
 def launch(out_dir: Path, world: int = 2, timeout: float = 150.0) -> list[dict]:
-    port = free_port()
-    code = f"from tests.test_nnhessian_lockstep import _rank_main; _rank_main({str(out_dir)!r})"
-    procs = []
-    for rank in range(world):
-        env = {
-            **os.environ,
-            "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
-            "WORLD_SIZE": str(world),
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-            "OMP_NUM_THREADS": "1",
-        }
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-c", code],
-                cwd=ROOT,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-            )
-        )
-    deadline = time.monotonic() + timeout
-    logs = []
-    try:
-        for p in procs:
-            out, _ = p.communicate(timeout=max(deadline - time.monotonic(), 1))
-            logs.append(out.decode(errors="replace"))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for rank, (p, log) in enumerate(zip(procs, logs, strict=True)):
-        assert p.returncode == 0, f"rank {rank} failed:\n{log[-3000:]}"
-    return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(world)]
+    return launch_ranks("tests.test_nnhessian_lockstep:_rank_main", out_dir, world, timeout)
 
 
 @pytest.mark.distributed

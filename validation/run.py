@@ -1,10 +1,11 @@
 """``python -m validation run``: the default main job, offline.
 
-The synthetic checks, the network run (a small network on the bundled digits data) and the
-paper's table, each with its default configuration, into ``--out/<stage>``, then the report of
-all three into ``--out/report``. A stage whose folder already holds a complete result of the same
-configuration (every file matching its hash in results.json, and its tidy rows, ``summary.csv``)
-is reused unless ``--force``. A stage folder (or ``report``) that holds anything else -- a run
+The synthetic checks, the network run (a small network on the bundled digits data), the paper's
+table and the largest stable learning rate (``stability``, the same network), each with its
+default configuration, into ``--out/<stage>``, then the report of all four into ``--out/report``.
+A stage whose folder already holds a complete result of the same configuration (every file
+matching its hash in results.json, and its tidy rows, ``summary.csv``) is reused unless
+``--force``. A stage folder (or ``report``) that holds anything else -- a run
 made with other options, another kind of run, files without results.json -- is refused before
 any work, in one line, unless ``--force`` (recompute every stage and replace) or
 ``--overwrite`` (replace those folders, still reusing the stages of the same configuration).
@@ -26,6 +27,7 @@ RUN_STAGES: dict[str, tuple[str, ...]] = {
     "synthetic": (),
     "network": ("--batch-draws", "16"),
     "paper": (),
+    "stability": (),
 }
 # The module of each stage: ``add_parser(sub)``, ``command(args, started)`` and
 # ``config_from_args(args)``; each stage writes a result folder of the kind named by the stage.
@@ -33,9 +35,10 @@ STAGE_MODULES = {
     "synthetic": "validation.synthetic",
     "network": "validation.network",
     "paper": "validation.paper",
+    "stability": "validation.stability",
 }
 # The other stages always run (the paper's table takes milliseconds).
-REUSABLE = ("synthetic", "network")
+REUSABLE = ("synthetic", "network", "stability")
 
 
 def add_parser(sub) -> None:
@@ -44,8 +47,9 @@ def add_parser(sub) -> None:
         help="the default main job (offline)",
         description=(
             "The default main job, offline: the synthetic checks, the network run (a small "
-            "network on the bundled digits data) and the paper's table, each with its default "
-            "configuration, then the report of all three. "
+            "network on the bundled digits data), the paper's table and the largest stable "
+            "learning rate of the same network, each with its default configuration, then the "
+            "report of all four. "
             "A stage whose result folder already holds the same configuration is reused."
         ),
     )
