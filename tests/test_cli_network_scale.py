@@ -290,6 +290,13 @@ class MatvecCounter:
             return real(op, v)
 
         monkeypatch.setattr(HessianOperator, "matvec", counted)
+        real_many = HessianOperator.matvec_many
+
+        def counted_many(op, vectors):  # probes in lockstep: k products in one data pass
+            self.count += len(vectors)
+            return real_many(op, vectors)
+
+        monkeypatch.setattr(HessianOperator, "matvec_many", counted_many)
 
 
 def test_killed_run_resumes_to_identical_results(tmp_path, monkeypatch):

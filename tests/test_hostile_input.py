@@ -123,6 +123,27 @@ TRAIN = (
         "--num-classes": "10",
     },
 )
+STABILITY = (
+    ["stability", "--quiet", "--curvature", "no"],
+    {
+        "--samples": "40",
+        "--width": "2",
+        "--train-epochs": "0",
+        "--batch-sizes": "8",
+        "--sgd-steps": "3",
+        "--seeds": "1",
+        "--factor": "10",
+        "--rel": "0.5",
+        "--momentum": "0.9",
+        "--batch-draws": "2",
+        "--lanczos-steps": "3",
+        "--probes": "1",
+        "--sigma2-probes": "2",
+        "--seed": "0",
+        "--z-crit": "4",
+        "--threads": "1",
+    },
+)
 COMMANDS = {
     "synthetic": SYNTHETIC,
     "synthetic-population": SYNTHETIC_POPULATION,
@@ -130,6 +151,7 @@ COMMANDS = {
     "network-state": NETWORK_STATE,
     "network-sweep": NETWORK_SWEEP,
     "train": TRAIN,
+    "stability": STABILITY,
 }
 # The numeric columns of a ``paper --rows`` CSV, with the toy row they sit in.
 PAPER_ROW = {
