@@ -98,7 +98,11 @@ def bench_model(name: str, args) -> dict:
     model = make_model(name, args.seed)
     data = make_data(args.images, args.seed + 1)
     op = HessianOperator.full(
-        model, data, batch_size=args.batch_size, graph_cache_bytes=0, verify=False
+        model,
+        data,
+        batch_size=args.batch_size,
+        graph_cache_bytes=int(args.graph_cache_gb * 2**30),
+        verify=False,
     )
     op.matvec(torch.ones(op.dim))  # warm-up; resolves the HVP method
     paired = paired_products(op, args.probes, 2 * args.repeats + 1, args.seed + 2)
@@ -147,12 +151,20 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="gradient passes timed, before and after")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--graph-cache-gb",
+        type=float,
+        default=0.0,
+        help="GiB of gradient graphs kept across products (0, the default: off, the paper-scale "
+        "situation; > 0 with every graph fitting: is lockstep no slower than today?)",
+    )
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = []
     print(
-        f"SLQ m = {args.steps}, {args.probes} probes, graph cache off, float32, "
+        f"SLQ m = {args.steps}, {args.probes} probes, graph cache "
+        f"{f'{args.graph_cache_gb:g} GiB' if args.graph_cache_gb > 0 else 'off'}, float32, "
         f"{args.images} images in batches of {args.batch_size}, {args.threads} thread(s)"
     )
     print(
