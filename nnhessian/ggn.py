@@ -61,6 +61,10 @@ __all__ = [
 # Memory budget, in Jacobian entries, for one chunk of V_i (chunk * C * P numbers) and for keeping
 # the blocks of V_B between the products of the Gram matrix: 2^24 entries = 128 MiB in float64.
 DEFAULT_MAX_NUMBERS = 2**24
+# Bytes of V_B (B C x P) that batch_ggn_spectrum may hold to form K in one Jacobian pass; beyond,
+# the blocks are recomputed per pair (quadratic in the number of blocks). B = 64, C = 100 and
+# P = 102,760 in float32 is 2.6 GB.
+DEFAULT_KEEP_BYTES = 4 * 2**30
 ROUTES = ("auto", "gram", "parameter")
 
 
@@ -263,12 +267,14 @@ def batch_ggn_spectrum(
     device=None,
     route: str = "auto",
     max_numbers: int = DEFAULT_MAX_NUMBERS,
+    keep_bytes: int = DEFAULT_KEEP_BYTES,
 ) -> BatchGGNSpectrum:
     """The B C eigenvalues of ``K = [Lambda_i^(1/2) J_i J_j^T Lambda_j^(1/2)]_ij / B`` for the
     batch ``indices`` of ``data``: all nonzero eigenvalues of ``G_B = (1/B) sum_i G_i``, exactly.
 
     ``route``: "gram" forms K (B C x B C; blocks of ``chunk`` samples, ``chunk * C * P <=
-    max_numbers``; the blocks are kept when ``B C P <= max_numbers``, else recomputed per pair);
+    max_numbers``; the blocks are kept when all of V_B, ``B C P`` numbers, fits in ``keep_bytes``
+    -- one Jacobian pass -- else recomputed per pair, a cost quadratic in the number of blocks);
     "parameter" accumulates ``V_B^T V_B / B`` (P x P, one pass); "auto" takes the smaller matrix.
     Both give the same spectrum: K's rank is at most min(B (C - 1), P), and the missing
     eigenvalues of the smaller side are exact zeros.
@@ -285,7 +291,8 @@ def batch_ggn_spectrum(
     if route == "auto":
         route = "gram" if B * C <= P else "parameter"
     if route == "gram":
-        K = _gram(jac, batch, blocks, C, keep=B * C * P <= max_numbers) / B
+        keep = B * C * P * jac.dtype.itemsize <= keep_bytes
+        K = _gram(jac, batch, blocks, C, keep=keep) / B
     else:
         K = _parameter_gram(jac, batch, blocks) / B
     ev = torch.linalg.eigvalsh(K).flip(0)[: B * C].cpu().numpy().astype(np.float64)

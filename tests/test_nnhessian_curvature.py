@@ -222,10 +222,12 @@ def test_batch_routes_and_memory_blocks_agree():
     model, data, J, p = digits_case("mlp")
     idx = BATCH_IDX.tolist()
     ref = top_eigs(dense_batch(J, p, idx), 70)
-    blocks = batch_ggn_spectrum(model, data, idx, max_numbers=3 * 10 * 460)
+    blocks = batch_ggn_spectrum(model, data, idx, max_numbers=3 * 10 * 460, keep_bytes=0)
+    kept = batch_ggn_spectrum(model, data, idx, max_numbers=3 * 10 * 460)
     param = batch_ggn_spectrum(model, data, idx, route="parameter")
     assert blocks.chunk == 3 and param.route == "parameter"
     assert rel(blocks.eigenvalues, ref) <= GGN_RTOL64
+    assert np.array_equal(kept.eigenvalues, blocks.eigenvalues)  # the same products, kept
     assert rel(param.eigenvalues, ref) <= GGN_RTOL64
     many = list(range(23)) * 2 + [0, 1, 2, 3]  # 50 samples with repeats: G_B is their mean
     auto = batch_ggn_spectrum(model, data, many)
