@@ -36,12 +36,15 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from rmt import theory
 from rmt.extreme_model import extreme_value_model
 from rmt.free_poisson import fcp_batch_spectrum
 from rmt.spectra import slq_resolution
 from rmt.subordination import discrete_r_transform, subordination_edge, subordination_outliers
-from validation.checks.network_extremes import free_convolution_extreme, without_extreme
+from validation.checks.network_extremes import (
+    free_convolution_law,
+    theorem2_law,
+    without_extreme,
+)
 from validation.checks.rows import row
 from validation.checks.verdict import NOT_APPLICABLE, interval_verdict
 from validation.network.result import NetworkResult
@@ -89,20 +92,12 @@ def _gaussian(model: str, mean: float, sd: float) -> Prediction:
 
 
 def _goe_models(result: NetworkResult, B: int, t: float) -> list[Prediction]:
-    """M0 and M1 (the fluctuations as in validation.checks.network_extremes)."""
-    P, c = result.P, result.config
-    lam = result.full.extreme("max")[0]
-    pred = theory.theorem2(
-        lam, result.sigma2["per-sample"].estimate, P, result.N, B, factor=c.factor
-    )
-    tw = float(theory.edge_scale(t, P)) * theory.TW1_SD
-    sd0 = float(theory.outlier_sd(lam, t, P)) if str(pred.regime) == "outlier" else tw
-    out = [_gaussian("M0", float(pred.predicted), sd0)]
+    """M0 and M1, with the one-draw fluctuations of validation.checks.network_extremes."""
+    lam, _, lam_res = result.full.extreme("max")
+    predicted, _, _, sd0 = theorem2_law(lam, lam_res, result, B, t, 0.0)
+    out = [_gaussian("M0", predicted, sd0)]
     if t > 0 and result.steps >= 2:
-        fc, regime, overlap = free_convolution_extreme(
-            *without_extreme(result.full, "max"), lam, t, "max"
-        )
-        sd1 = math.sqrt(2.0 * t / P * overlap) if regime == "outlier" else tw
+        fc, _, sd1 = free_convolution_law(result, "max", lam, t)
         out.append(_gaussian("M1", fc, sd1))
     return out
 
@@ -111,28 +106,22 @@ def _free_models(result: NetworkResult, B: int) -> list[Prediction]:
     """M3 and M4: deterministic free limits (the top edge or the spike's outlier)."""
     stage = result.curvature
     theta = stage.full_top
-    bulk_nodes, bulk_weights = without_extreme(result.full, "max")
-    order = np.argsort(bulk_nodes)
-    nodes, weights = bulk_nodes[order], bulk_weights[order]
+    # rmt's solvers sort and validate the discrete measures themselves (check_measure)
+    nodes, weights = without_extreme(result.full, "max")
+    lo, hi = float(nodes.min()), float(nodes.max())
     eta = slq_resolution(result.full.nodes, result.full.weights)
-    eta = eta if np.isfinite(eta) and eta > 0 else 1e-3 * (nodes[-1] - nodes[0])
-    grid = np.linspace(nodes[0], nodes[-1], 3)  # the density is not needed: edge and outlier
+    eta = eta if np.isfinite(eta) and eta > 0 else 1e-3 * (hi - lo)
+    grid = np.linspace(lo, hi, 3)  # the density is not needed: edge and outlier
     fcp = fcp_batch_spectrum(nodes, weights, stage.table.eigenvalues, B, result.P, grid, eta,
                              spikes=(theta,))  # fmt: skip
     m3 = fcp.outliers[0] if np.isfinite(fcp.outliers[0]) else fcp.edge
     noise_nodes, noise_weights = result.noises[B].pooled()
-    r_noise = discrete_r_transform(*_sorted(noise_nodes, noise_weights))
+    r_noise = discrete_r_transform(noise_nodes, noise_weights)
     edge, g_star = subordination_edge(nodes, weights, r_noise)
     outlier = subordination_outliers(nodes, weights, r_noise, g_star, [theta])[0]
     m4 = outlier if np.isfinite(outlier) else edge
     nan = float("nan")
     return [Prediction("M3", float(m3), nan, nan, nan), Prediction("M4", float(m4), nan, nan, nan)]
-
-
-def _sorted(nodes, weights):
-    order = np.argsort(nodes)
-    w = np.asarray(weights, dtype=float)[order]
-    return np.asarray(nodes, dtype=float)[order], w / w.sum()
 
 
 def predictions(result: NetworkResult, B: int, t: float) -> list[Prediction]:

@@ -72,7 +72,7 @@ def _measured(result: NetworkResult, B: int, side: str, rounding: float) -> _Mea
     return _Measured(float(values.mean()), quad(float(errors.mean()), rounding), draw_se, values)
 
 
-def _theorem2(lam: float, lam_res: float, result: NetworkResult, B: int, t: float, t_se: float):
+def theorem2_law(lam: float, lam_res: float, result: NetworkResult, B: int, t: float, t_se: float):
     """Theorem 2's prediction from theta = ``lam``: (value, regime, its standard error from t and
     theta's residual, the theory's sd of one draw)."""
     c, P = result.config, result.P
@@ -89,24 +89,33 @@ def _theorem2(lam: float, lam_res: float, result: NetworkResult, B: int, t: floa
     return predicted, regime, quad(abs(d_dt) * t_se, abs(d_dlam) * lam_res), fluct
 
 
+def free_convolution_law(result: NetworkResult, side: str, lam: float, t: float, bulk=None):
+    """The free-convolution refinement from theta = ``lam`` on the rest ``bulk`` of the
+    full-data SLQ measure (default: without each probe's extreme node on ``side``): (value,
+    regime, the sd of one draw -- Gaussian outlier ``sqrt(2 t / P overlap)`` or Tracy-Widom
+    edge)."""
+    P = result.P
+    if bulk is None:
+        bulk = without_extreme(result.full, side)
+    fc, regime, overlap = free_convolution_extreme(*bulk, lam, t, side)
+    if regime == "outlier":
+        return fc, regime, math.sqrt(2.0 * t / P * overlap)
+    return fc, regime, float(theory.edge_scale(t, P)) * theory.TW1_SD
+
+
 def _free_convolution_row(result, side, lam, t, t_se, quantity, m: _Measured):
     """The spike theta on the rest of the full-data SLQ measure: (row, value, regime)."""
-    z, P = result.config.z_crit, result.P
+    z = result.config.z_crit
     if result.steps < 2:  # one Ritz value per probe: no rest of the measure
         quantity = f"{quantity} (needs --steps >= 2)"
         na = row("free-convolution-outlier", quantity, math.nan, m.value, math.nan, "-", z, NA)
         return na, float("nan"), "-"
     bulk = without_extreme(result.full, side)
-    fc, fc_regime, overlap = free_convolution_extreme(*bulk, lam, t, side)
+    fc, fc_regime, fc_fluct = free_convolution_law(result, side, lam, t, bulk)
     lo, hi = max(t - t_se, t * 1e-3), t + t_se
     fc_lo = free_convolution_extreme(*bulk, lam, lo, side)[0]
     fc_hi = free_convolution_extreme(*bulk, lam, hi, side)[0]
     fc_se = abs(fc_hi - fc_lo) / (hi - lo) * t_se
-    fc_fluct = (
-        math.sqrt(2.0 * t / P * overlap)
-        if fc_regime == "outlier"
-        else float(theory.edge_scale(t, P)) * theory.TW1_SD
-    )
     unc = quad(fc_se, m.draw_term(fc_fluct, result.config.batch_draws), m.uncertainty)
     return row("free-convolution-outlier", quantity, fc, m.value, unc, fc_regime, z), fc, fc_regime
 
@@ -134,7 +143,7 @@ def extreme_rows(result: NetworkResult, B: int, t: float, t_se: float):
     rows, columns = [], {}
     for side in ("max", "min"):
         lam, _, lam_res = result.full.extreme(side)
-        predicted, regime, pred_se, fluct = _theorem2(lam, lam_res, result, B, t, t_se)
+        predicted, regime, pred_se, fluct = theorem2_law(lam, lam_res, result, B, t, t_se)
         m = _measured(result, B, side, rounding)
         quantity = f"lambda_{side} batch B={B}"
         unc = quad(pred_se, m.draw_term(fluct, K), m.uncertainty)

@@ -50,21 +50,21 @@ def _top_direction(run, full_op):
     return ritz_vectors(result, [top])[0], float(result.ritz_values[top])
 
 
-def _residual_share(model, data, indices, dtype) -> float:
-    """``||H_B - G_B||_2 / ||H_B||_2`` for the batch ``indices``, both dense (eigvalsh)."""
+def _residual_share(model, data, indices, dtype, H, spectrum) -> float:
+    """``||H_B - G_B||_2 / ||H_B||_2`` for the batch ``indices``: ``H`` its dense Hessian and
+    ``spectrum`` its exact eigenvalues, both from stage 5; G_B dense (eigvalsh of H_B - G_B)."""
     import torch
 
     from nnhessian.ggn import ggn_matrix
-    from nnhessian.reference import dense_hessian
 
-    H = dense_hessian(model, data, indices)
     G = ggn_matrix(model, data, indices, dtype=dtype, device=H.device)
-    top = torch.linalg.eigvalsh(H).abs().max()
-    return float(torch.linalg.eigvalsh(H - G).abs().max() / top)
+    top = float(np.abs(spectrum.exact).max())
+    return float(torch.linalg.eigvalsh(H - G).abs().max()) / top
 
 
-def curvature_stage(run, full_op, batch_indices: dict, *, dense: bool) -> CurvatureStage:
-    """Stage 6 (module docstring); ``dense``: this rank runs the exact path (P small)."""
+def curvature_stage(run, full_op, batch_indices: dict, *, dense_batch) -> CurvatureStage:
+    """Stage 6 (module docstring); ``dense_batch``: ``(H_B, its Spectrum)`` of the largest B from
+    stage 5 on the exact path, ``(None, None)`` otherwise (no residual share)."""
     import torch
 
     from nnhessian.curvature import curvature_summary, per_sample_curvature
@@ -89,7 +89,8 @@ def curvature_stage(run, full_op, batch_indices: dict, *, dense: bool) -> Curvat
             B: batch_ggn_spectrum(model, data, idx, dtype=dtype, device=v.device).eigenvalues
             for B, idx in batch_indices.items()
         }
-        largest = max(batch_indices)
-        share = _residual_share(model, data, batch_indices[largest], dtype) if dense else None
+        H, spectrum = dense_batch
+        indices = batch_indices[max(batch_indices)]
+        share = None if H is None else _residual_share(model, data, indices, dtype, H, spectrum)
     run.step("curvature")
     return CurvatureStage(table, curvature_summary(table), theta, batch_ggn, share)

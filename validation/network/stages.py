@@ -177,31 +177,34 @@ def sigma2_stage(run: _Run, full_op, sigma2_batch: int | None) -> dict:
 
 def exact_eigenvalues(run: _Run, indices=None, H_full=None):
     """Stage 5 for the full data (``indices`` None: returns ``(H, eigenvalues)``) or a batch
-    (returns the eigenvalues of ``H_B`` and of ``H_B - H_full``)."""
+    (returns the eigenvalues of ``H_B`` and of ``H_B - H_full``, and ``H_B``)."""
     from nnhessian.reference import dense_hessian
 
     model, data = run.prepared.model, run.prepared.data
     with run.timer("exact"):
         H = dense_hessian(model, data, indices)
-        result = (H, _eigvalsh(H)) if indices is None else (_eigvalsh(H), _eigvalsh(H - H_full))
+        if indices is None:
+            result = (H, _eigvalsh(H))
+        else:
+            result = (_eigvalsh(H), _eigvalsh(H - H_full), H)
     run.step("exact")
     return result
 
 
 def draw_zero(run: _Run, full_op, B: int, idx, H_full):
-    """Draw 0 of batch size B: SLQ of ``H_B`` and ``N_B``, and their exact eigenvalues."""
+    """Draw 0 of batch size B: SLQ of ``H_B`` and ``N_B``, their exact eigenvalues, and the dense
+    ``H_B`` (None without the exact check)."""
     with run.timer("slq"):
         batch_slq = run.slq(full_op.batch_operator(idx), "slq batch", (B,), f"slq-batch-{B}")
     run.step("SLQ")
     with run.timer("slq"):
         noise_slq = run.slq(full_op.noise_operator(idx), "slq noise", (B,), f"slq-noise-{B}")
     run.step("SLQ")
-    exact_batch = exact_noise = None
+    exact_batch = exact_noise = H_batch = None
     if H_full is not None:
-        exact_batch, exact_noise = exact_eigenvalues(run, idx, H_full)
-    return _spectrum("batch", B, batch_slq, exact_batch), _spectrum(
-        "noise", B, noise_slq, exact_noise
-    )
+        exact_batch, exact_noise, H_batch = exact_eigenvalues(run, idx, H_full)
+    batch = _spectrum("batch", B, batch_slq, exact_batch)
+    return batch, _spectrum("noise", B, noise_slq, exact_noise), H_batch
 
 
 def extra_draw(run: _Run, full_op, B: int, draw: int, N: int):
@@ -274,11 +277,15 @@ def _spectra(run: _Run, full_op, sizes, dense: bool) -> dict:
     fields = dict(full=_spectrum("full", None, full_slq, exact_full), batches={}, noises={})
     fields.update(batch_indices={}, extra_batches={}, extra_indices={}, extra_noise_m2={})
     fields["curvature"] = None
+    H_largest = None  # the dense H_B of the largest B, for the residual share of stage 6
     for B in sizes:
         generator = stream_generator(run.config.seed, "batch draw", B)
         idx = draw_batch_indices(N, B, generator=generator)
         fields["batch_indices"][B] = idx.numpy()
-        fields["batches"][B], fields["noises"][B] = draw_zero(run, full_op, B, idx, H_full)
+        fields["batches"][B], fields["noises"][B], H_batch = draw_zero(run, full_op, B, idx, H_full)
+        if B == sizes[-1]:
+            H_largest = H_batch
+        del H_batch
         if B == N:
             run.notes.append(f"B = N = {N}: the batch is the whole data set, the noise is zero")
         extras = [extra_draw(run, full_op, B, d, N) for d in range(1, run.config.batch_draws)]
@@ -287,8 +294,9 @@ def _spectra(run: _Run, full_op, sizes, dense: bool) -> dict:
             fields["extra_indices"][B] = [e[1] for e in extras]
             fields["extra_noise_m2"][B] = tuple(e[2] for e in extras)
     if run.config.curvature == "yes":
+        largest = fields["batches"][sizes[-1]] if H_largest is not None else None
         fields["curvature"] = curvature_stage(
-            run, full_op, fields["batch_indices"], dense=H_full is not None
+            run, full_op, fields["batch_indices"], dense_batch=(H_largest, largest)
         )
     return fields
 
