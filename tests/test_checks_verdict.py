@@ -186,3 +186,15 @@ def test_synthetic_checks_by_hand():
     tighter = synthetic_rows(_extremes(), sweep, weyl, free, z_crit=2.9)
     assert list(tighter.verdict[tighter.check == "bbp-sweep"]) == ["disagrees"]
     assert list(tighter.verdict[tighter.check == "free-convolution"]) == ["disagrees"]
+
+
+def test_interval_rule_by_hand():
+    """The bound rule on both sides: ends included, an infinite end one-sided, NaN not applicable."""
+    from validation.checks.verdict import interval_verdict
+
+    assert interval_verdict(1.0, 1.0, 2.0) == "agrees" == interval_verdict(2.0, 1.0, 2.0)
+    assert interval_verdict(np.nextafter(2.0, 3.0), 1.0, 2.0) == "disagrees"
+    assert interval_verdict(np.nextafter(1.0, 0.0), 1.0, 2.0) == "disagrees"
+    assert interval_verdict(-1e300, -np.inf, 2.0) == "agrees"
+    assert interval_verdict(3.0, -np.inf, 2.0) == "disagrees"
+    assert interval_verdict(np.nan, 1.0, 2.0) == "not applicable"
