@@ -189,7 +189,7 @@ def test_synthetic_checks_by_hand():
 
 
 def test_interval_rule_by_hand():
-    """The bound rule on both sides: ends included, an infinite end one-sided, NaN not applicable."""
+    """The bound rule on both sides: ends included, an infinite end one-sided, NaN n/a."""
     from validation.checks.verdict import interval_verdict
 
     assert interval_verdict(1.0, 1.0, 2.0) == "agrees" == interval_verdict(2.0, 1.0, 2.0)
