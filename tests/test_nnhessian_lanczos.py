@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from nnhessian import reference
 from nnhessian.lanczos import (
+    LanczosRun,
     gauss_quadrature,
     lanczos,
     quadrature_moments,
@@ -296,3 +297,21 @@ def test_bad_start_and_randomness():
         slq(op, 3, probes=0, generator=torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="distribution"):
         slq(op, 3, probes=2, generator=torch.Generator().manual_seed(0), distribution="uniform")
+
+
+def test_a_cancelling_gram_schmidt_pass_is_repeated():
+    """A product with a component along an old basis vector 1e12 times the new direction (what a
+    wrong or rounding-dominated product gives) cancels in the first Gram-Schmidt pass, which
+    leaves the new vector ~1e-5 out of orthogonality (measured); the second pass, taken by the norm
+    criterion (``REORTH_KEEP``), brings it back to working precision."""
+    P = 40
+    A = random_symmetric(P, 12)
+    run = LanczosRun(MatrixOperator(A), 4, breakdown_rtol=0.0)
+    run.start(random_unit_vector(P, generator=torch.Generator().manual_seed(12)))
+    run.step()
+    run.step()  # basis q_0, q_1, q_2
+    r = torch.randn(P, generator=torch.Generator().manual_seed(13), dtype=F64)
+    run.step(1e6 * run.Q[0] + 1e-6 * r)
+    Qb = run.Q[: run.rows]
+    gram = Qb @ Qb.T - torch.eye(run.rows, dtype=F64)
+    assert float(gram.abs().max()) <= LANCZOS_RESIDUAL_ATOL * EPS64
